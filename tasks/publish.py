@@ -1,0 +1,159 @@
+"""Label + upload stage: generated PNG -> labelled image + JSON sidecar in the object store.
+
+The image is uploaded first and its sidecar last: a sidecar in the store means the image
+beside it is complete, so a run that died half-way is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from tasks.config import BrandConfig
+from tasks.plan import ImageJob
+from tasks.storage import ObjectStore, open_store
+from tasks.watermark import ImplicitLabel, LabelPlacement, label_image
+from zengine import GenerationResult
+
+SIDECAR_SCHEMA = "zpipe.sidecar/1"
+
+
+class LabelledImage(BaseModel):
+    """Final encoded bytes (labels embedded) and where the visible label was drawn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: bytes
+    placement: LabelPlacement
+    implicit: ImplicitLabel
+    label_s: float
+
+
+class PublishedImage(BaseModel):
+    """What the store holds for one job after publishing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    sidecar_key: str
+    created: bool
+    size_bytes: int
+
+
+@functools.lru_cache(maxsize=8)
+def _read_logo(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def implicit_label_for(job: ImageJob, brand: BrandConfig) -> ImplicitLabel:
+    """The TC260 implicit label: producer from the brand, ProduceID = the image's content id."""
+    return ImplicitLabel(content_producer=brand.producer.id, produce_id=job.content_id)
+
+
+def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> LabelledImage:
+    """Draw the logo and explicit label, embed the implicit label, encode once."""
+    started = time.perf_counter()
+    implicit = implicit_label_for(job, brand)
+    extra = {
+        "seed": str(job.seed),
+        "model": f"{job.model_id}@{job.revision}",
+        "template": f"{job.prompt.template}@{job.prompt.version}",
+        "contentId": job.content_id,
+        "producer": brand.producer.name,
+    }
+    logo = _read_logo(brand.logo.path) if brand.logo else None
+    data, placement = label_image(result.png, brand.label, logo, brand.logo, implicit,
+                                  job.output, extra)
+    return LabelledImage(data=data, placement=placement, implicit=implicit,
+                         label_s=time.perf_counter() - started)
+
+
+def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledImage) -> dict[str, Any]:
+    """The JSON record stored beside each image: enough to reproduce and audit it."""
+    return {
+        "schema": SIDECAR_SCHEMA,
+        "key": job.key,
+        "content_id": job.content_id,
+        "brand": job.brand,
+        "campaign": job.campaign,
+        "week": job.week,
+        "day": job.weekday,
+        "date": job.date.isoformat(),
+        "format": job.format,
+        "variant": job.variant,
+        "prompt": job.prompt.text,
+        "prompt_parts": job.prompt.parts,
+        "language": job.prompt.language,
+        "template": {"name": job.prompt.template, "version": job.prompt.version},
+        "trend": job.trend,
+        "seed": result.seed,
+        "steps": result.steps,
+        "guidance_scale": result.guidance_scale,
+        "model": {"id": result.model_id, "revision": result.revision},
+        "size": {"width": result.width, "height": result.height},
+        "output": {"format": job.output.format, "quality": job.output.quality,
+                   "content_type": job.output.content_type, "bytes": len(labelled.data)},
+        "labels": {
+            "explicit": labelled.placement.model_dump(),
+            "implicit": {
+                "xmp_property": "TC260:AIGC",
+                "tc260": json.loads(labelled.implicit.to_tc260_json()),
+                "digital_source_type":
+                    "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia",
+            },
+        },
+        "timings": {**result.timings, "label_s": round(labelled.label_s, 4)},
+    }
+
+
+def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
+                  sidecar: dict[str, Any]) -> PublishedImage:
+    """Upload the image, then its sidecar (the commit marker); existing objects are kept."""
+    metadata = {"content-id": job.content_id, "seed": str(job.seed),
+                "template": f"{job.prompt.template}@{job.prompt.version}"}
+    created = store.put(job.key, labelled.data, job.output.content_type, metadata)
+    body = json.dumps(sidecar, ensure_ascii=False, indent=2).encode("utf-8")
+    store.put(job.sidecar_key, body, "application/json", metadata)
+    return PublishedImage(key=job.key, sidecar_key=job.sidecar_key, created=created,
+                          size_bytes=len(labelled.data))
+
+
+def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
+    """Jobs whose sidecar is not in the store yet (the image may be missing or partial)."""
+    return [job for job in jobs if not store.exists(job.sidecar_key)]
+
+
+@task(name="find-missing", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def find_missing_task(store_url: str, jobs: list[ImageJob]) -> list[ImageJob]:
+    """Skip jobs already published by an earlier run of the same week."""
+    return find_missing(open_store(store_url), jobs)
+
+
+def _job_name(prefix: str):
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        job = task_run.parameters.get("job")
+        return f"{prefix} {job.weekday}-{job.format}-v{job.variant}" if job else prefix
+    return name
+
+
+@task(name="label-image", task_run_name=_job_name("label"), cache_policy=NO_CACHE)
+def label_job_task(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> LabelledImage:
+    """Watermark stage: logo, explicit AIGC label, implicit XMP label."""
+    return label_job(job, result, brand)
+
+
+@task(name="upload-image", task_run_name=_job_name("upload"), cache_policy=NO_CACHE,
+      retries=3, retry_delay_seconds=[1, 4, 10])
+def publish_task(store_url: str, job: ImageJob, result: GenerationResult,
+                 labelled: LabelledImage) -> PublishedImage:
+    """Upload stage: labelled image then sidecar to the object store."""
+    return publish_image(open_store(store_url), job, labelled, build_sidecar(job, result, labelled))
