@@ -115,13 +115,19 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
 
 def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
                   sidecar: dict[str, Any]) -> PublishedImage:
-    """Upload the image, then its sidecar (the commit marker); existing objects are kept."""
+    """Upload the image, then its sidecar (the commit marker that says the image is whole).
+
+    Only jobs without a sidecar get here, so an image already at the key is a leftover of a
+    run that died mid-upload: it is overwritten (keys are content-addressed, so a complete
+    leftover is replaced by the same picture).
+    """
     metadata = {"content-id": job.content_id, "seed": str(job.seed),
                 "template": f"{job.prompt.template}@{job.prompt.version}"}
-    created = store.put(job.key, labelled.data, job.output.content_type, metadata)
+    existed = store.exists(job.key)
+    store.put(job.key, labelled.data, job.output.content_type, metadata, overwrite=True)
     body = json.dumps(sidecar, ensure_ascii=False, indent=2).encode("utf-8")
-    store.put(job.sidecar_key, body, "application/json", metadata)
-    return PublishedImage(key=job.key, sidecar_key=job.sidecar_key, created=created,
+    store.put(job.sidecar_key, body, "application/json", metadata, overwrite=True)
+    return PublishedImage(key=job.key, sidecar_key=job.sidecar_key, created=not existed,
                           size_bytes=len(labelled.data))
 
 

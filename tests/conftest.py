@@ -115,3 +115,57 @@ def s3_bucket(s3_server: S3Server) -> str:
     name = "t-" + uuid.uuid4().hex[:12]
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{url} did not come up:\n" + log.read_text()[-3000:])
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real, standalone Prefect API server (SQLite) for the flow tests.
+
+    Uses ZPIPE_TEST_PREFECT_API_URL when set (e.g. a server CI already started);
+    otherwise starts `prefect server start` on a free loopback port and stops it after.
+    """
+    given = os.environ.get("ZPIPE_TEST_PREFECT_API_URL")
+    if given:
+        os.environ["PREFECT_API_URL"] = given
+        yield given
+        return
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
+    prefect = Path(sys.executable).parent / "prefect"
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_http(f"{url}/health", proc, log_path, timeout=120)
+        os.environ["PREFECT_API_URL"] = url
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

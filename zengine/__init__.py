@@ -1,0 +1,31 @@
+"""zengine: Z-Image-Turbo behind one small engine. No Prefect; nothing runs at import.
+
+Importing it is cheap: torch, diffusers and transformers load only when an engine is created
+or a model is built.
+"""
+
+from zengine.engine import (
+    Z_IMAGE_TURBO,
+    GenerationRequest,
+    GenerationResult,
+    ModelSource,
+    TurboEngine,
+)
+from zengine.seeds import derive_seed
+from zengine.sizes import SIZE_PRESETS, size_for
+from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, build_tiny_pipeline, ensure_tiny_model
+
+__all__ = [
+    "SIZE_PRESETS",
+    "TINY_MODEL_ID",
+    "TINY_REVISION",
+    "Z_IMAGE_TURBO",
+    "GenerationRequest",
+    "GenerationResult",
+    "ModelSource",
+    "TurboEngine",
+    "build_tiny_pipeline",
+    "derive_seed",
+    "ensure_tiny_model",
+    "size_for",
+]

@@ -13,15 +13,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    ZImagePipeline,
-    ZImageTransformer2DModel,
-)
-from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+if TYPE_CHECKING:  # torch, diffusers and transformers take ~10 s to import: only when used
+    from diffusers import ZImagePipeline
+    from transformers import Qwen2Tokenizer
 
 TINY_MODEL_ID = "zpipe/tiny-z-image"
 TINY_REVISION = "tiny-v1"  # the recipe version: part of the cache path
@@ -61,6 +57,8 @@ def _byte_symbols() -> list[str]:
 
 def build_tiny_tokenizer() -> Qwen2Tokenizer:
     """A byte-level BPE `Qwen2Tokenizer` with no merges: one token per UTF-8 byte."""
+    from transformers import Qwen2Tokenizer
+
     vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
     for symbol in _byte_symbols():
         vocab[symbol] = len(vocab)
@@ -79,6 +77,15 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
 
 def build_tiny_pipeline(seed: int = 0) -> ZImagePipeline:
     """Build the tiny pipeline in memory; the same seed always gives the same weights."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3Model
+
     tokenizer = build_tiny_tokenizer()
     # Seed a private copy of torch's RNG so the caller's global random state is left alone.
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,62 @@
+"""Assertions a user would make about a finished campaign in a store."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from tasks.storage import ObjectStore
+from tasks.watermark import read_labels
+
+TC260_KEYS = {"Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator",
+              "PropagateID", "ReservedCode2"}
+TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+
+
+def assert_visible_label(image: Image.Image, explicit: dict) -> None:
+    """The explicit label is drawn where the sidecar says: light text on a dark plate, >= 5%."""
+    assert explicit["text_height_px"] >= explicit["min_required_px"]
+    assert explicit["min_required_px"] >= 0.05 * min(image.size)
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    x0, y0, x1, y1 = explicit["bbox"]
+    tx0, ty0, tx1, ty1 = explicit["text_bbox"]
+    w, h = image.size
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, explicit
+    text = gray[ty0:ty1, tx0:tx1]
+    plate = gray[y0:y1, x0:x1]
+    assert (text > 200).mean() > 0.05, "no light text pixels inside the label's text box"
+    assert np.median(plate) < 110, "the label plate is not dark"
+    # the label sits at an edge/corner: it touches the outer margin band of the image
+    near_edge = min(x0, y0, w - x1, h - y1) <= 0.06 * min(w, h)
+    assert near_edge, explicit
+
+
+def check_campaign_objects(store: ObjectStore, expected_images: int) -> list[dict]:
+    """Every image has a sidecar, the visible label and the implicit XMP label; returns sidecars."""
+    keys = store.list()
+    sidecar_keys = [k for k in keys if k.endswith(".json")]
+    image_keys = [k for k in keys if not k.endswith(".json")]
+    assert len(image_keys) == expected_images, keys
+    assert sorted(sidecar_keys) == sorted(f"{k}.json" for k in image_keys)
+    sidecars = []
+    for key in image_keys:
+        data = store.get(key)
+        sidecar = json.loads(store.get(f"{key}.json"))
+        sidecars.append(sidecar)
+        image = Image.open(io.BytesIO(data))
+        assert image.size == (sidecar["size"]["width"], sidecar["size"]["height"])
+        assert sidecar["key"] == key
+        assert sidecar["output"]["bytes"] == len(data)
+        labels = read_labels(data)
+        assert set(labels["aigc"]) == TC260_KEYS
+        assert labels["aigc"]["Label"] == "1"
+        assert labels["aigc"]["ProduceID"] == sidecar["content_id"]
+        assert labels["digital_source_type"] == TRAINED
+        assert labels["zpipe"]["seed"] == str(sidecar["seed"])
+        assert_visible_label(image.convert("RGB"), sidecar["labels"]["explicit"])
+        assert sidecar["prompt"] and sidecar["template"]["version"]
+        assert sidecar["model"]["id"] and sidecar["model"]["revision"]
+    return sidecars

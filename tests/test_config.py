@@ -1,0 +1,132 @@
+"""Config loading and the templating/plan stage: errors name file, field and value."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import EngineSettings, load_campaign, load_config, parse_week
+from tasks.errors import ConfigError
+from tasks.plan import brand_fingerprint, plan_week
+from tasks.trends import Trend
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+ENGINE = EngineSettings(preview_scale=0.25)
+
+
+@pytest.fixture()
+def config_tree(tmp_path: Path) -> Path:
+    """A writable copy of configs/ to break in tests."""
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    return tmp_path / "configs"
+
+
+def _edit(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.yaml")))
+def test_every_shipped_config_is_valid(path: str) -> None:
+    load_config(REPO / path)
+
+
+def test_unknown_field_names_file_and_field(config_tree: Path) -> None:
+    campaign = config_tree / "campaigns/weekly-demo.yaml"
+    _edit(campaign, lambda d: d.update(variantz=2))
+    with pytest.raises(ConfigError) as err:
+        load_config(campaign)
+    assert str(campaign) in str(err.value) and "variantz" in str(err.value)
+    assert "unknown field" in str(err.value)
+
+
+def test_bad_format_value_is_shown(config_tree: Path) -> None:
+    campaign = config_tree / "campaigns/weekly-demo.yaml"
+    _edit(campaign, lambda d: d.update(formats=["1:1", "2:1"]))
+    with pytest.raises(ConfigError, match=r"formats.*2:1.*9:16") as err:
+        load_campaign(campaign)
+    assert err.value.field == "formats"
+
+
+def test_bad_nested_value_in_brand_names_brand_file(config_tree: Path) -> None:
+    brand = config_tree / "brands/demo.yaml"
+    _edit(brand, lambda d: d["label"].update(height_ratio=0.03))
+    with pytest.raises(ConfigError) as err:
+        load_campaign(config_tree / "campaigns/weekly-demo.yaml")
+    assert str(brand) in str(err.value)
+    assert err.value.field == "label.height_ratio" and "5%" in str(err.value)
+
+
+def test_bad_colour_and_weekday(config_tree: Path) -> None:
+    brand = config_tree / "brands/demo.yaml"
+    _edit(brand, lambda d: d["colours"].update(primary="red"))
+    with pytest.raises(ConfigError, match=r"colours.*#RRGGBB.*'red'"):
+        load_config(brand)
+    campaign = config_tree / "campaigns/weekly-demo.yaml"
+    _edit(campaign, lambda d: d["days"].update(funday={"zh": "x", "en": "x"}))
+    with pytest.raises(ConfigError, match=r"days.*funday"):
+        load_config(campaign)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: brand\nname: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML at line \d"):
+        load_config(bad)
+
+
+def test_missing_referenced_files(config_tree: Path) -> None:
+    campaign = config_tree / "campaigns/weekly-demo.yaml"
+    (config_tree / "brands/demo-logo.png").unlink()
+    with pytest.raises(ConfigError, match=r"logo.path: logo file not found"):
+        load_campaign(campaign)
+    _edit(campaign, lambda d: d.update(template="nope"))
+    shutil.copy(CONFIGS / "brands/demo-logo.png", config_tree / "brands/demo-logo.png")
+    with pytest.raises(ConfigError, match=r"template: not in library.yaml; available: .*daily-poster"):
+        load_campaign(campaign)
+
+
+def test_unknown_kind_and_secrets_not_allowed(config_tree: Path) -> None:
+    settings = config_tree / "settings.yaml"
+    _edit(settings, lambda d: d.update(aws_secret_access_key="x"))
+    with pytest.raises(ConfigError, match="aws_secret_access_key.*unknown field"):
+        load_config(settings)
+    other = config_tree / "other.yaml"
+    other.write_text("kind: nonsense\n")
+    with pytest.raises(ConfigError, match=r"kind: must be one of"):
+        load_config(other)
+
+
+def test_parse_week() -> None:
+    assert parse_week("2026-W48", date(2020, 1, 1)) == ("2026-W48", date(2026, 11, 23))
+    assert parse_week(None, date(2026, 11, 26)) == ("2026-W48", date(2026, 11, 23))
+    assert parse_week("2027W5", date(2020, 1, 1))[0] == "2027-W05"
+    with pytest.raises(ConfigError, match="YYYY-Www"):
+        parse_week("48", date(2026, 1, 1))
+    with pytest.raises(ConfigError, match="no ISO week 54"):
+        parse_week("2026-W54", date(2026, 1, 1))
+
+
+def test_plan_week_is_deterministic_and_complete() -> None:
+    bundle = load_campaign(CONFIGS / "campaigns/weekly-demo.yaml")
+    trends = [Trend(title="秋冬围巾穿搭", source="t", rank=1), Trend(title="citywalk", source="t", rank=2)]
+    fp = brand_fingerprint(bundle)
+    jobs = plan_week(bundle, "2026-W48", date(2026, 11, 23), trends, ENGINE, fp)
+    again = plan_week(bundle, "2026-W48", date(2026, 11, 23), trends, ENGINE, fp)
+    assert [j.key for j in jobs] == [j.key for j in again]
+    assert len(jobs) == 14 and len({j.key for j in jobs}) == 14
+    assert all(j.width % 16 == 0 and j.height % 16 == 0 for j in jobs)
+    assert jobs[0].trend == "秋冬围巾穿搭" and jobs[2].trend == "citywalk"
+    assert "秋冬围巾穿搭" in jobs[0].prompt.text
+    next_week = plan_week(bundle, "2026-W49", date(2026, 11, 30), trends, ENGINE, fp)
+    assert {j.seed for j in next_week}.isdisjoint({j.seed for j in jobs})
+    # anything that changes the pixels changes the key
+    bigger = plan_week(bundle, "2026-W48", date(2026, 11, 23), trends,
+                       EngineSettings(preview_scale=0.5), fp)
+    assert {j.key for j in bigger}.isdisjoint({j.key for j in jobs})

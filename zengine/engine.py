@@ -1,0 +1,404 @@
+"""The Turbo engine: loads a diffusers `ZImagePipeline` once, validates requests, makes batches.
+
+torch and diffusers are imported when an engine is created or loaded, not when this module is
+imported, so processes that only build `GenerationRequest`s (flows handing work to a GPU task
+worker) never pay their ~10 s import.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
+from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import ZImagePipeline
+
+Z_IMAGE_TURBO = "Tongyi-MAI/Z-Image-Turbo"
+
+MAX_STEPS = 50  # far past Turbo's 8; beyond this a request is a mistake, not a choice
+MAX_PROMPT_CHARS = 2000  # a cheap bound checked before the tokenizer is loaded
+MAX_SEQUENCE_LENGTH = 512  # the pipeline pads/truncates the chat-templated prompt to this
+TURBO_SHIFT = 3.0  # Z-Image-Turbo's FlowMatchEulerDiscreteScheduler shift
+
+# Flash-attention backends that reject the attention mask a batch of prompts of different
+# lengths needs (DESIGN.md); their `*_varlen` variants and SDPA accept it.
+_MASKLESS_BACKENDS = frozenset({"flash", "_flash_3"})
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: the built-in tiny model, a local directory, or the hub.
+
+    `cache_dir` is a cache root: the tiny model is kept in `<cache_dir>/models/<revision>`
+    and hub downloads use it as diffusers' `cache_dir`. None: $ZPIPE_CACHE (tiny) or the
+    Hugging Face cache (hub).
+    """
+
+    model: str = "tiny"  # "tiny", a local directory, or a hub id such as Z_IMAGE_TURBO
+    revision: str | None = None  # required for a hub id: a commit sha or tag
+    cache_dir: Path | None = None
+
+    @classmethod
+    def parse(cls, spec: str, cache_dir: Path | None = None) -> ModelSource:
+        """Parse `tiny`, a path to an existing directory, or `owner/name@revision`."""
+        spec = spec.strip()
+        if spec == "tiny":
+            return cls(cache_dir=cache_dir)
+        if Path(spec).expanduser().is_dir():
+            return cls(model=str(Path(spec).expanduser().resolve()), cache_dir=cache_dir)
+        model, sep, revision = spec.partition("@")
+        if not _HUB_ID.match(model):
+            raise ValueError(
+                f"Model {spec!r} is not 'tiny', an existing directory, or a hub id "
+                f"'owner/name@revision' (e.g. '{Z_IMAGE_TURBO}@<commit>')."
+            )
+        if not sep or not revision.strip():
+            raise ValueError(
+                f"Hub model {model!r} needs a pinned revision (got {spec!r}): write "
+                f"'{model}@<commit>', e.g. '{Z_IMAGE_TURBO}@<commit>', so every image "
+                "records the exact weights that made it."
+            )
+        return cls(model=model, revision=revision.strip(), cache_dir=cache_dir)
+
+    @property
+    def kind(self) -> str:
+        """"tiny", "local" or "hub"."""
+        if self.model == "tiny":
+            return "tiny"
+        if Path(self.model).expanduser().is_dir():
+            return "local"
+        return "hub"
+
+    @property
+    def model_id(self) -> str:
+        """The id recorded with each image: the tiny id, the directory's name, or the hub id."""
+        kind = self.kind
+        if kind == "tiny":
+            return TINY_MODEL_ID
+        if kind == "local":
+            return Path(self.model).expanduser().resolve().name
+        return self.model
+
+    @property
+    def revision_label(self) -> str:
+        """The revision recorded with each image: the tiny recipe, "local", or the hub revision."""
+        kind = self.kind
+        if kind == "tiny":
+            return TINY_REVISION
+        if kind == "local":
+            return self.revision or "local"
+        return self.revision or "unpinned"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to make. The defaults are Z-Image-Turbo's settings, not the pipeline's."""
+
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    steps: int = 8  # Turbo is distilled to 8 steps (= 8 transformer forwards in diffusers 0.42.1)
+    guidance_scale: float = 0.0  # Turbo is guidance-distilled: CFG off, negative prompts unused
+
+
+@dataclass
+class GenerationResult:
+    """One finished image as PNG bytes, with everything needed to reproduce it."""
+
+    png: bytes
+    prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    model_id: str
+    revision: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _nearest_side(value: int) -> int:
+    return min(MAX_SIDE, round_side(value))
+
+
+class TurboEngine:
+    """Z-Image-Turbo behind one entry point: `generate(requests)`.
+
+    Create it once per process; `load()` (called by `generate` if needed) loads the weights
+    once, every later call only infers. Safe to share between threads: generation is
+    serialized by a lock.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource = ModelSource(),  # frozen, so one shared default is safe
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch: int = 4,
+        *,
+        attention: str | None = None,
+    ) -> None:
+        import torch
+
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1 (got {max_batch}).")
+        if attention in _MASKLESS_BACKENDS and max_batch > 1:
+            raise ValueError(
+                f"Attention backend {attention!r} rejects the mask that a batch of prompts of "
+                f"different lengths needs (max_batch={max_batch}): use {attention + '_varlen'!r}"
+                ", SDPA (attention=None) or max_batch=1."
+            )
+        self.source = source
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # bf16 is what Turbo ships and runs in on GPUs; CPUs are fast and exact in float32.
+        self.dtype = dtype or (
+            torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        )
+        self.max_batch = max_batch
+        self.attention = attention  # None: diffusers' default (PyTorch SDPA)
+        self.load_count = 0
+        self.load_s: float | None = None
+        self._pipe: ZImagePipeline | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        """Load the weights onto the device; later calls do nothing."""
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._pipe is not None:
+            return
+        from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+        start = time.perf_counter()
+        source = self.source
+        kind = source.kind
+        # 1. Resolve where the weights are. The tiny model is built once into the cache and
+        #    then takes the same from_pretrained path as real weights.
+        if kind == "tiny":
+            location = str(ensure_tiny_model(source.cache_dir))
+        elif kind == "hub" and not source.revision:
+            raise ValueError(
+                f"Hub model {source.model!r} needs a pinned revision: use "
+                f"ModelSource.parse('{source.model}@<commit>')."
+            )
+        else:
+            location = source.model
+
+        # 2. Load.
+        pipe = ZImagePipeline.from_pretrained(
+            location,
+            revision=source.revision if kind == "hub" else None,
+            torch_dtype=self.dtype,
+            cache_dir=source.cache_dir if kind == "hub" else None,
+        )
+
+        # 3. Turbo's scheduler, whatever the saved config says.
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            pipe.scheduler.config, shift=TURBO_SHIFT
+        )
+        if self.attention is not None:
+            pipe.transformer.set_attention_backend(self.attention)
+        pipe.set_progress_bar_config(disable=True)  # progress goes to on_step instead
+        pipe.to(self.device)
+
+        self._pipe = pipe
+        self.load_count += 1
+        self.load_s = time.perf_counter() - start
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise ValueError naming the bad value; the token check needs the loaded model."""
+        self._validate_fields(request)
+        if self._pipe is not None:
+            self._validate_tokens(request, self._pipe)
+
+    @staticmethod
+    def _validate_fields(request: GenerationRequest) -> None:
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if (
+                not isinstance(value, int)
+                or value % SIZE_MULTIPLE
+                or not MIN_SIDE <= value <= MAX_SIDE
+            ):
+                nearest = _nearest_side(int(value)) if isinstance(value, int | float) else 1024
+                raise ValueError(
+                    f"{name.capitalize()} must be a multiple of {SIZE_MULTIPLE} between "
+                    f"{MIN_SIDE} and {MAX_SIDE} (got {value!r}). The nearest valid {name} "
+                    f"is {nearest}."
+                )
+        if not isinstance(request.steps, int) or not 1 <= request.steps <= MAX_STEPS:
+            raise ValueError(
+                f"Steps must be between 1 and {MAX_STEPS} (got {request.steps!r}); "
+                "Turbo is distilled for 8."
+            )
+        if not request.guidance_scale >= 0:
+            raise ValueError(
+                f"Guidance scale must be 0 or more (got {request.guidance_scale!r}); "
+                "Turbo uses 0.0."
+            )
+        if not isinstance(request.seed, int) or not 0 <= request.seed < 2**64:
+            raise ValueError(f"Seed must be an integer in [0, 2**64) (got {request.seed!r}).")
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise ValueError(f"Prompt is empty (got {request.prompt!r}): describe the image.")
+        if len(request.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"Prompt is {len(request.prompt)} characters long, over the "
+                f"{MAX_PROMPT_CHARS}-character limit: shorten it by "
+                f"{len(request.prompt) - MAX_PROMPT_CHARS} (it begins {request.prompt[:40]!r})."
+            )
+
+    @staticmethod
+    def _validate_tokens(request: GenerationRequest, pipe: ZImagePipeline) -> None:
+        # Count exactly what the pipeline encodes: the chat-templated prompt.
+        text = pipe.tokenizer.apply_chat_template(
+            [{"role": "user", "content": request.prompt}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=True,
+        )
+        n_tokens = len(pipe.tokenizer(text).input_ids)
+        if n_tokens > MAX_SEQUENCE_LENGTH:
+            raise ValueError(
+                f"Prompt is {n_tokens} tokens with its chat template, over the text encoder's "
+                f"{MAX_SEQUENCE_LENGTH} (the rest would be silently cut off): shorten it by at "
+                f"least {n_tokens - MAX_SEQUENCE_LENGTH} tokens (it begins "
+                f"{request.prompt[:40]!r})."
+            )
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_step: StepCallback | None = None,
+    ) -> list[GenerationResult]:
+        """Make one image per request; results come back in the order of `requests`.
+
+        Requests that share (width, height, steps, guidance) run as batches of up to
+        `max_batch`. `on_step(done, total)` counts denoising steps over the whole call.
+        """
+        import torch
+
+        requests = list(requests)
+        # 1. Validate everything before any model work.
+        for request in requests:
+            self._validate_fields(request)
+        if not requests:
+            return []
+
+        with self._lock:
+            # 2. Load once; then the checks that need the tokenizer.
+            self._load_locked()
+            pipe = self._pipe
+            assert pipe is not None
+            for request in requests:
+                self._validate_tokens(request, pipe)
+
+            # 3. Group compatible requests and split the groups into batches.
+            groups: dict[tuple[int, int, int, float], list[int]] = {}
+            for index, r in enumerate(requests):
+                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale), []).append(index)
+            batches = [
+                indices[i : i + self.max_batch]
+                for indices in groups.values()
+                for i in range(0, len(indices), self.max_batch)
+            ]
+
+            # 4. Run the batches.
+            progress = _Progress(on_step, total=sum(requests[b[0]].steps for b in batches))
+            results: list[GenerationResult | None] = [None] * len(requests)
+            with torch.inference_mode():
+                for batch in batches:
+                    chunk = [requests[i] for i in batch]
+                    made = self._run_batch(pipe, chunk, progress)
+                    for index, result in zip(batch, made, strict=True):
+                        results[index] = result
+        return [r for r in results if r is not None]
+
+    def _run_batch(
+        self, pipe: ZImagePipeline, chunk: list[GenerationRequest], progress: _Progress
+    ) -> list[GenerationResult]:
+        import torch
+
+        first = chunk[0]
+        start = time.perf_counter()
+        images = pipe(
+            prompt=[r.prompt for r in chunk],  # a fresh list: the pipeline rewrites it in place
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=[torch.Generator(self.device).manual_seed(r.seed) for r in chunk],
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            callback_on_step_end=progress.callback,
+            output_type="pil",
+        ).images
+        batch_s = time.perf_counter() - start
+
+        results = []
+        for request, image in zip(chunk, images, strict=True):
+            encode_start = time.perf_counter()
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            results.append(
+                GenerationResult(
+                    png=buffer.getvalue(),
+                    prompt=request.prompt,
+                    seed=request.seed,
+                    steps=request.steps,
+                    guidance_scale=request.guidance_scale,
+                    width=request.width,
+                    height=request.height,
+                    model_id=self.source.model_id,
+                    revision=self.source.revision_label,
+                    timings={
+                        "batch_s": batch_s,
+                        "image_s": batch_s / len(chunk),
+                        "encode_s": time.perf_counter() - encode_start,
+                        "batch_size": float(len(chunk)),
+                    },
+                )
+            )
+        return results
+
+
+class _Progress:
+    """Forwards the pipeline's per-step callback to `on_step(done, total)`."""
+
+    def __init__(self, on_step: StepCallback | None, total: int) -> None:
+        self.on_step = on_step
+        self.total = total
+        self.done = 0
+
+    def callback(
+        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.done += 1
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+        return callback_kwargs  # the pipeline reads the latents back from it
