@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -67,13 +69,17 @@ def run(
     """Run one week of a campaign: trends -> prompts -> images -> labels -> store."""
     _quiet_prefect()
     from flows.campaign import weekly_campaign
-    from tasks.config import load_campaign, load_settings
+    from tasks.config import load_campaign, load_settings, parse_week
+    from tasks.storage import open_store
     from tasks.progress import ProgressEvent, progress_sink
 
     try:
-        load_campaign(campaign)  # fail fast with a clear message, before Prefect starts
+        # fail fast with a clear message, before Prefect starts
+        bundle = load_campaign(campaign)
+        parse_week(week, datetime.now(ZoneInfo(bundle.campaign.timezone)).date())
         settings = settings or _default_settings()
         config = load_settings(settings)
+        open_store(store or config.store)
         overrides = {k: v for k, v in {"model": model, "revision": revision,
                                        "preview_scale": scale}.items() if v is not None}
         engine = config.engine.model_copy(update=overrides)

@@ -71,7 +71,7 @@ class LabelSpec(BaseModel):
     @classmethod
     def _text_not_blank(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("label text is empty: GB 45438-2025 needs a visible text such as 'AI生成'")
+            raise ValueError("label text is empty: GB 45438-2025 needs visible text like 'AI生成'")
         return v
 
     @field_validator("height_ratio")
@@ -92,7 +92,7 @@ class LabelSpec(BaseModel):
         try:
             ImageColor.getrgb(v)
         except ValueError:
-            raise ValueError(f"not a colour: {v!r}; use hex like '#FFFFFF' or '#000000B3'") from None
+            raise ValueError(f"not a colour: {v!r}; use hex like '#FFFFFF', '#000000B3'") from None
         return v
 
 
@@ -174,7 +174,7 @@ class LabelPlacement(BaseModel):
 
 
 def find_cjk_font(explicit: str | None = None) -> Path:
-    """Return a font file that really draws Chinese: explicit, $ZPIPE_FONT, fc-match, known paths."""
+    """Return a font file that draws Chinese: explicit, $ZPIPE_FONT, fc-match, known paths."""
     for source, value in (("font", explicit), ("ZPIPE_FONT", os.environ.get("ZPIPE_FONT"))):
         if value:
             path = Path(value).expanduser()

@@ -1,0 +1,298 @@
+"""Prompt templating: five-part Jinja2 templates (zh/en) rendered in a sandbox into prompts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, Literal
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.errors import PromptError
+
+Language = Literal["zh", "en", "bilingual"]
+
+PARTS = ("subject", "action", "scene", "lighting", "style")
+SEPARATORS = {"zh": "，", "en": ", "}
+BILINGUAL_SEPARATOR = " / "
+
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+VERSION = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+
+# Separators a part may start or end with; stripped so that joining never doubles them.
+_EDGE_PUNCTUATION = " ，,、;；"
+
+# Names for `#RRGGBB` palette entries: the model reads colour words, and a hex code in a
+# prompt risks being drawn into the image as text. (name_en, name_zh, r, g, b)
+_COLOUR_NAMES = (
+    ("white", "白色", 255, 255, 255),
+    ("ivory", "象牙白", 250, 246, 232),
+    ("cream", "奶油色", 245, 230, 200),
+    ("beige", "米色", 222, 205, 170),
+    ("sand", "沙色", 194, 178, 128),
+    ("light grey", "浅灰色", 200, 200, 200),
+    ("grey", "灰色", 128, 128, 128),
+    ("charcoal", "炭灰色", 54, 54, 54),
+    ("black", "黑色", 0, 0, 0),
+    ("dark brown", "深棕色", 60, 40, 30),
+    ("brown", "棕色", 139, 90, 43),
+    ("caramel", "焦糖色", 190, 130, 70),
+    ("true red", "正红色", 220, 20, 40),
+    ("burgundy", "酒红色", 110, 20, 40),
+    ("pink", "粉色", 245, 170, 190),
+    ("coral", "珊瑚色", 250, 128, 114),
+    ("orange", "橙色", 245, 130, 30),
+    ("peach", "蜜桃色", 255, 200, 160),
+    ("mustard yellow", "芥末黄", 215, 170, 40),
+    ("bright yellow", "明黄色", 250, 215, 60),
+    ("olive green", "橄榄绿", 110, 120, 50),
+    ("sage green", "鼠尾草绿", 160, 180, 150),
+    ("green", "绿色", 40, 150, 70),
+    ("forest green", "森林绿", 30, 80, 45),
+    ("mint", "薄荷绿", 170, 225, 200),
+    ("teal", "青绿色", 0, 128, 128),
+    ("sky blue", "天蓝色", 135, 200, 235),
+    ("blue", "蓝色", 30, 90, 200),
+    ("navy", "藏青色", 20, 35, 80),
+    ("lavender", "薰衣草紫", 190, 170, 220),
+    ("purple", "紫色", 110, 50, 150),
+)
+_HEX_COLOUR = re.compile(r"^#([0-9a-fA-F]{6})$")
+_UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
+
+
+class PromptParts(BaseModel):
+    """The five parts of a prompt, each a Jinja2 template string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str
+    action: str
+    scene: str
+    lighting: str
+    style: str
+
+
+class PromptTemplate(BaseModel):
+    """A named, versioned prompt template in Chinese and English."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str  # recorded with every prompt rendered from this template
+    description: str = ""
+    zh: PromptParts
+    en: PromptParts
+    copy_max_chars: int = Field(default=24, ge=1)  # longest headline drawn into the image
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        """Names are slugs: they go into object keys and metadata."""
+        if not SLUG.match(name):
+            raise ValueError(
+                f"template name {name!r} must be a slug of lower-case letters, digits and '-' "
+                "(e.g. 'daily-poster')"
+            )
+        return name
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, version: str) -> str:
+        """Versions look like 1.0.0 so that a change is visible in every image's metadata."""
+        if not VERSION.match(version):
+            raise ValueError(f"version {version!r} must look like '1.0.0' (MAJOR.MINOR.PATCH)")
+        return version
+
+    @model_validator(mode="after")
+    def _compiles(self) -> PromptTemplate:
+        """Compile every part now, so a syntax error fails at load time, not mid-campaign."""
+        for language in ("zh", "en"):
+            parts: PromptParts = getattr(self, language)
+            for part in PARTS:
+                try:
+                    _compile(getattr(parts, part))
+                except jinja2.TemplateSyntaxError as err:
+                    raise ValueError(
+                        f"template {self.name!r}, {language}.{part}: Jinja2 syntax error "
+                        f"on line {err.lineno}: {err.message}; fix the template text"
+                    ) from None
+        return self
+
+
+class PromptLibrary(BaseModel):
+    """All prompt templates of a `kind: prompts` config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["prompts"] = "prompts"
+    templates: list[PromptTemplate] = Field(min_length=1)
+
+    @field_validator("templates")
+    @classmethod
+    def _unique_names(cls, templates: list[PromptTemplate]) -> list[PromptTemplate]:
+        """Two templates may not share a name."""
+        seen: set[str] = set()
+        for template in templates:
+            if template.name in seen:
+                raise ValueError(
+                    f"template name {template.name!r} is used twice; rename one "
+                    "(or bump the version of the one template instead of copying it)"
+                )
+            seen.add(template.name)
+        return templates
+
+    @property
+    def names(self) -> list[str]:
+        """The template names, in file order."""
+        return [t.name for t in self.templates]
+
+    def get(self, name: str) -> PromptTemplate:
+        """Return the template called `name`."""
+        for template in self.templates:
+            if template.name == name:
+                return template
+        raise PromptError(
+            f"unknown prompt template {name!r}; available: {', '.join(self.names)}. "
+            "Fix the name or add the template to the prompt library"
+        )
+
+
+class RenderedPrompt(BaseModel):
+    """A prompt ready for the model, with the template name and version it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    template: str
+    version: str
+    language: Language
+    parts: dict[str, str]  # part -> text; "zh.subject" style keys when bilingual
+
+
+# ---------------------------------------------------------------------------------------------
+# Jinja2 environment
+
+
+def colour_name(value: Any, language: str = "en") -> str:
+    """Name a `#RRGGBB` colour in words (nearest of a small palette); pass anything else through."""
+    text = str(value).strip()
+    match = _HEX_COLOUR.match(text)
+    if not match:
+        return text
+    r, g, b = (int(match.group(1)[i : i + 2], 16) for i in (0, 2, 4))
+
+    def distance(entry: tuple[str, str, int, int, int]) -> float:
+        # "Redmean" weighting: a cheap approximation of perceived colour difference.
+        mean = (r + entry[2]) / 2
+        dr, dg, db = r - entry[2], g - entry[3], b - entry[4]
+        return (2 + mean / 256) * dr * dr + 4 * dg * dg + (2 + (255 - mean) / 256) * db * db
+
+    name_en, name_zh, *_ = min(_COLOUR_NAMES, key=distance)
+    return name_zh if language == "zh" else name_en
+
+
+@lru_cache(maxsize=1)
+def _environment() -> SandboxedEnvironment:
+    """The one sandboxed environment: strict about undefined names, no HTML escaping."""
+    env = SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # prompts are plain text, not HTML
+        keep_trailing_newline=False,
+    )
+    env.filters["colour_name"] = colour_name
+    return env
+
+
+@lru_cache(maxsize=1024)
+def _compile(source: str) -> jinja2.Template:
+    return _environment().from_string(source)
+
+
+def _clean(text: str) -> str:
+    """Collapse whitespace and trim separators at the edges of a rendered part."""
+    return " ".join(text.split()).strip(_EDGE_PUNCTUATION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def render_prompt(
+    template: PromptTemplate,
+    variables: Mapping[str, Any],
+    language: Language = "zh",
+) -> RenderedPrompt:
+    """Render a template's five parts with `variables` and join them into one prompt."""
+    languages = ("zh", "en") if language == "bilingual" else (language,)
+    texts: list[str] = []
+    parts: dict[str, str] = {}
+    for lang in languages:
+        rendered = _render_parts(template, lang, variables)
+        texts.append(SEPARATORS[lang].join(text for text in rendered.values() if text))
+        prefix = f"{lang}." if language == "bilingual" else ""
+        parts.update({f"{prefix}{part}": text for part, text in rendered.items()})
+    return RenderedPrompt(
+        text=BILINGUAL_SEPARATOR.join(text for text in texts if text),
+        template=template.name,
+        version=template.version,
+        language=language,
+        parts=parts,
+    )
+
+
+def _render_parts(
+    template: PromptTemplate, language: Literal["zh", "en"], variables: Mapping[str, Any]
+) -> dict[str, str]:
+    """Render the five parts of one language; errors name template, language and part."""
+    parts: PromptParts = getattr(template, language)
+    context = dict(variables)
+    rendered: dict[str, str] = {}
+    for part in PARTS:
+        where = f"prompt template {template.name!r} v{template.version}, {language}.{part}"
+        provided = ", ".join(sorted(context)) or "none"
+        try:
+            rendered[part] = _clean(_compile(getattr(parts, part)).render(context))
+        except jinja2.UndefinedError as err:
+            missing = _UNDEFINED_NAME.match(err.message or "")
+            if missing:
+                raise PromptError(
+                    f"{where}: undefined variable {missing.group(1)!r}. Provided variables: "
+                    f"{provided}. Pass it, or guard the template with "
+                    f"{{% if {missing.group(1)} is defined %}}"
+                ) from None
+            if "has no attribute '_" in (err.message or ""):
+                raise PromptError(
+                    f"{where}: blocked by the sandbox: {err.message} (templates may not "
+                    "touch private attributes); remove that expression from the template"
+                ) from None
+            raise PromptError(
+                f"{where}: undefined value: {err.message}. Provided variables: {provided}; "
+                "check the variable's keys against the variables contract"
+            ) from None
+        except jinja2.exceptions.SecurityError as err:
+            raise PromptError(
+                f"{where}: blocked by the sandbox: {err}; remove that expression from the template"
+            ) from None
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as err:
+            raise PromptError(
+                f"{where}: rendering failed: {type(err).__name__}: {err}. "
+                f"Provided variables: {provided}"
+            ) from None
+    return rendered
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefect wrapper
+
+
+@task(name="render-prompt")
+def render_prompt_task(
+    template: PromptTemplate, variables: dict[str, Any], language: Language = "zh"
+) -> RenderedPrompt:
+    """Render one prompt from a template and its variables."""
+    return render_prompt(template, variables, language)
