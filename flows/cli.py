@@ -61,8 +61,10 @@ def run(
     campaign: Annotated[Path, typer.Argument(help="campaign YAML, e.g. configs/campaigns/weekly-demo.yaml")],
     week: Annotated[str | None, typer.Option(help="ISO week, e.g. 2026-W48 (default: this week)")] = None,
     store: Annotated[str | None, typer.Option(help="file:///dir or s3://bucket/prefix")] = None,
-    settings: Annotated[Path | None, typer.Option(help="settings YAML (default: configs/settings.yaml if present)")] = None,
-    model: Annotated[str | None, typer.Option(help="override the model: tiny, a directory, or a hub id")] = None,
+    settings: Annotated[Path | None, typer.Option(
+        help="settings YAML (default: configs/settings.yaml if present)")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="override the model: tiny, a directory, or a hub id")] = None,
     revision: Annotated[str | None, typer.Option(help="hub revision to pin")] = None,
     scale: Annotated[float | None, typer.Option(help="preview scale of the size presets (0-1]")] = None,
 ) -> None:
@@ -70,8 +72,8 @@ def run(
     _quiet_prefect()
     from flows.campaign import weekly_campaign
     from tasks.config import load_campaign, load_settings, parse_week
-    from tasks.storage import open_store
     from tasks.progress import ProgressEvent, progress_sink
+    from tasks.storage import open_store
 
     try:
         # fail fast with a clear message, before Prefect starts

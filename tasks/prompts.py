@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -117,9 +117,10 @@ class PromptTemplate(BaseModel):
                 try:
                     _compile(getattr(parts, part))
                 except jinja2.TemplateSyntaxError as err:
+                    reason = (err.message or "invalid syntax").rstrip(".")
                     raise ValueError(
                         f"template {self.name!r}, {language}.{part}: Jinja2 syntax error "
-                        f"on line {err.lineno}: {err.message}; fix the template text"
+                        f"on line {err.lineno}: {reason}; fix the template text"
                     ) from None
         return self
 
@@ -197,9 +198,13 @@ def colour_name(value: Any, language: str = "en") -> str:
 
 
 @lru_cache(maxsize=1)
-def _environment() -> SandboxedEnvironment:
-    """The one sandboxed environment: strict about undefined names, no HTML escaping."""
-    env = SandboxedEnvironment(
+def _environment() -> ImmutableSandboxedEnvironment:
+    """The sandboxed environment: strict about undefined names, no HTML escaping.
+
+    The immutable sandbox also blocks `list.append`, `dict.update` and the like, so a
+    template can never change the caller's variables.
+    """
+    env = ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # prompts are plain text, not HTML
         keep_trailing_newline=False,
@@ -276,7 +281,8 @@ def _render_parts(
             ) from None
         except jinja2.exceptions.SecurityError as err:
             raise PromptError(
-                f"{where}: blocked by the sandbox: {err}; remove that expression from the template"
+                f"{where}: blocked by the sandbox: {str(err).rstrip('.')}; "
+                "remove that expression from the template"
             ) from None
         except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as err:
             raise PromptError(

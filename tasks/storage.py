@@ -228,7 +228,9 @@ class S3Store(ObjectStore):
                 signature_version="s3v4",
             )
             try:
-                self._client = boto3.client("s3", endpoint_url=self._endpoint_url, config=config)
+                # a fresh session reads the environment now (the default one caches credentials)
+                session = boto3.session.Session()
+                self._client = session.client("s3", endpoint_url=self._endpoint_url, config=config)
             except Exception as exc:  # botocore raises several unrelated types here
                 raise StoreError(
                     f"cannot create an S3 client for {self.describe()}: {type(exc).__name__}: "

@@ -95,7 +95,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             try:
                 client.list_buckets()
                 break
-            except Exception:  # noqa: BLE001 - any failure means "not up yet"
+            except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail("SeaweedFS did not start:\n" + (data / "weed.log").read_text()[-3000:])
                 time.sleep(0.3)

@@ -95,7 +95,7 @@ def test_missing_referenced_files(config_tree: Path) -> None:
 def test_unknown_kind_and_secrets_not_allowed(config_tree: Path) -> None:
     settings = config_tree / "settings.yaml"
     _edit(settings, lambda d: d.update(aws_secret_access_key="x"))
-    with pytest.raises(ConfigError, match="aws_secret_access_key.*unknown field"):
+    with pytest.raises(ConfigError, match=r"aws_secret_access_key.*unknown field"):
         load_config(settings)
     other = config_tree / "other.yaml"
     other.write_text("kind: nonsense\n")

@@ -180,6 +180,13 @@ class TurboEngine:
     def loaded(self) -> bool:
         return self._pipe is not None
 
+    @property
+    def pipeline(self) -> ZImagePipeline:
+        """The loaded diffusers pipeline (for inspection, or LoRA loading), after `load()`."""
+        if self._pipe is None:
+            raise RuntimeError("The engine is not loaded yet: call load() or generate() first.")
+        return self._pipe
+
     # ------------------------------------------------------------------ loading
 
     def load(self) -> None:
@@ -211,7 +218,7 @@ class TurboEngine:
         pipe = ZImagePipeline.from_pretrained(
             location,
             revision=source.revision if kind == "hub" else None,
-            torch_dtype=self.dtype,
+            dtype=self.dtype,  # diffusers 0.42 renamed torch_dtype (which now warns) to dtype
             cache_dir=source.cache_dir if kind == "hub" else None,
         )
 
