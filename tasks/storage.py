@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -213,30 +214,37 @@ class S3Store(ObjectStore):
         self.prefix = f"{prefix}/" if prefix else ""
         self._client = client
         self._endpoint_url = endpoint_url
+        self._client_lock = threading.Lock()  # threads sharing a store share one client
 
     @property
     def client(self) -> Any:
         """The boto3 S3 client, created on first use."""
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
-            config = Config(
-                connect_timeout=5,
-                read_timeout=60,
-                retries={"max_attempts": 3, "mode": "standard"},
-                signature_version="s3v4",
-            )
-            try:
-                # a fresh session reads the environment now (the default one caches credentials)
-                session = boto3.session.Session()
-                self._client = session.client("s3", endpoint_url=self._endpoint_url, config=config)
-            except Exception as exc:  # botocore raises several unrelated types here
-                raise StoreError(
-                    f"cannot create an S3 client for {self.describe()}: {type(exc).__name__}: "
-                    f"{exc}; check AWS_ENDPOINT_URL and AWS_DEFAULT_REGION"
-                ) from exc
-        return self._client
+    def _make_client(self) -> Any:
+        """Create a boto3 client from the environment (or the given endpoint)."""
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
+        config = Config(
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+            signature_version="s3v4",
+        )
+        try:
+            # a fresh session reads the environment now (the default one caches credentials)
+            session = boto3.session.Session()
+            return session.client("s3", endpoint_url=self._endpoint_url, config=config)
+        except (BotoCoreError, ValueError) as exc:
+            raise StoreError(
+                f"cannot create an S3 client for {self.describe()}: {type(exc).__name__}: "
+                f"{exc}; check AWS_ENDPOINT_URL and AWS_DEFAULT_REGION"
+            ) from exc
 
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)

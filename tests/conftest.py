@@ -139,10 +139,12 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Uses ZPIPE_TEST_PREFECT_API_URL when set (e.g. a server CI already started);
     otherwise starts `prefect server start` on a free loopback port and stops it after.
     """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     given = os.environ.get("ZPIPE_TEST_PREFECT_API_URL")
     if given:
-        os.environ["PREFECT_API_URL"] = given
-        yield given
+        with temporary_settings({PREFECT_API_URL: given}):
+            yield given
         return
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
@@ -158,11 +160,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     try:
         _wait_http(f"{url}/health", proc, log_path, timeout=120)
-        os.environ["PREFECT_API_URL"] = url
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        yield url
+        # Prefect reads its settings once; temporary_settings points this process at the server
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
         proc.terminate()
         try:
             proc.wait(timeout=20)

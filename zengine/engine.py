@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zengine._imports import import_model_libraries
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
 
@@ -197,6 +198,7 @@ class TurboEngine:
     def _load_locked(self) -> None:
         if self._pipe is not None:
             return
+        import_model_libraries()
         from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
         start = time.perf_counter()

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zengine._imports import import_model_libraries
+
 if TYPE_CHECKING:  # torch, diffusers and transformers take ~10 s to import: only when used
     from diffusers import ZImagePipeline
     from transformers import Qwen2Tokenizer
@@ -57,6 +59,7 @@ def _byte_symbols() -> list[str]:
 
 def build_tiny_tokenizer() -> Qwen2Tokenizer:
     """A byte-level BPE `Qwen2Tokenizer` with no merges: one token per UTF-8 byte."""
+    import_model_libraries()
     from transformers import Qwen2Tokenizer
 
     vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
@@ -77,6 +80,7 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
 
 def build_tiny_pipeline(seed: int = 0) -> ZImagePipeline:
     """Build the tiny pipeline in memory; the same seed always gives the same weights."""
+    import_model_libraries()
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -146,25 +150,27 @@ def build_tiny_pipeline(seed: int = 0) -> ZImagePipeline:
     )
 
 
-def default_cache_dir() -> Path:
-    """`$ZPIPE_CACHE/models/<TINY_REVISION>`, with ZPIPE_CACHE defaulting to ~/.cache/zpipe."""
-    root = os.environ.get("ZPIPE_CACHE") or Path.home() / ".cache" / "zpipe"
-    return Path(root).expanduser() / "models" / TINY_REVISION
+def default_cache_root() -> Path:
+    """$ZPIPE_CACHE, or ~/.cache/zpipe when it is unset."""
+    return Path(os.environ.get("ZPIPE_CACHE") or Path.home() / ".cache" / "zpipe").expanduser()
 
 
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
-    """Return a directory holding the saved tiny pipeline, building it on first call.
+    """Return `<cache_dir>/models/<TINY_REVISION>` holding the saved tiny pipeline.
 
-    The model is saved into a temporary directory beside the target and renamed into place,
-    so a crash never leaves a half-saved model and two racing processes both end up with
-    one complete copy (the loser discards its own).
+    `cache_dir` is a cache root (default: $ZPIPE_CACHE, else ~/.cache/zpipe). The model is
+    built on first call into a temporary directory beside the target and renamed into place,
+    so a crash never leaves a half-saved model, and of two racing processes the second to
+    finish keeps the first one's copy and discards its own.
     """
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    target = root / "models" / TINY_REVISION
     if (target / "model_index.json").is_file():
         return target
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
     try:
         build_tiny_pipeline().save_pretrained(staging)
         try:
