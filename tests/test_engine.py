@@ -249,6 +249,7 @@ def test_import_is_cheap_and_prefect_free() -> None:
         ({"width": 100}, r"Width .*\(got 100\).*nearest valid width is 96"),
         ({"height": 1010}, r"Height .*\(got 1010\).*nearest valid height is 1008"),
         ({"width": 32}, r"\(got 32\).*nearest valid width is 64"),
+        ({"width": 128.0}, r"Width must be an integer \(got 128.0\)"),
         ({"height": 4096}, r"\(got 4096\).*nearest valid height is 2048"),
         ({"steps": 0}, r"Steps .*\(got 0\)"),
         ({"steps": 51}, r"Steps .*\(got 51\)"),
@@ -274,8 +275,10 @@ def test_validation_names_the_bad_value_before_loading(
     assert not (tmp_path / "models").exists()
 
 
-def test_prompt_over_512_tokens_is_rejected_once_loaded(engine: TurboEngine) -> None:
+def test_prompt_over_512_tokens_is_rejected_once_loaded(zpipe_cache: Path) -> None:
     # The tiny tokenizer has no merges: one token per UTF-8 byte, plus the chat template.
+    # Real weights get this check by default; for tiny it is opt-in (see strict_token_limit).
+    engine = TurboEngine(max_batch=4, strict_token_limit=True)
     long = request("fox " * 150)  # 600 characters: under the character limit
     engine.load()
     with pytest.raises(ValueError, match=r"Prompt is (\d+) tokens") as info:
@@ -386,3 +389,11 @@ def test_derive_seed_is_stable_and_distinct() -> None:
     assert seed not in others and len(others) == 49
     assert derive_seed("a", "bc") != derive_seed("ab", "c")
     assert derive_seed("x", "y") != derive_seed("y", "x")
+
+
+def test_tiny_truncates_long_prompts_instead_of_failing(engine: TurboEngine) -> None:
+    """The tiny byte-level tokenizer overcounts real Qwen tokens ~3x for Chinese."""
+    assert engine.strict_token_limit is False
+    assert TurboEngine(ModelSource(model=Z_IMAGE_TURBO, revision="abc")).strict_token_limit
+    (result,) = engine.generate([request("晨光咖啡的手冲咖啡海报，" * 40)])
+    assert result.png.startswith(b"\x89PNG")

@@ -77,7 +77,7 @@ class ModelSource:
 
     @property
     def kind(self) -> str:
-        """"tiny", "local" or "hub"."""
+        """Which kind of source this is: "tiny", "local" or "hub"."""
         if self.model == "tiny":
             return "tiny"
         if Path(self.model).expanduser().is_dir():
@@ -153,6 +153,7 @@ class TurboEngine:
         max_batch: int = 4,
         *,
         attention: str | None = None,
+        strict_token_limit: bool | None = None,
     ) -> None:
         import torch
 
@@ -166,12 +167,19 @@ class TurboEngine:
             )
         self.source = source
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # bf16 is what Turbo ships and runs in on GPUs; CPUs are fast and exact in float32.
+        # bf16 is what Turbo ships and runs in on GPUs; most CPUs have no fast bf16 matmuls.
         self.dtype = dtype or (
             torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         )
         self.max_batch = max_batch
         self.attention = attention  # None: diffusers' default (PyTorch SDPA)
+        # The tiny model's byte-level tokenizer (no merges) counts ~3 tokens per Chinese
+        # character where Qwen's counts ~1, so a prompt that fits the real encoder's 512
+        # tokens can overflow the tiny one. For tiny the pipeline's own truncation applies
+        # (it only shortens what random weights read); real weights get the hard check.
+        self.strict_token_limit = (
+            source.kind != "tiny" if strict_token_limit is None else strict_token_limit
+        )
         self.load_count = 0
         self.load_s: float | None = None
         self._pipe: ZImagePipeline | None = None
@@ -208,6 +216,11 @@ class TurboEngine:
         #    then takes the same from_pretrained path as real weights.
         if kind == "tiny":
             location = str(ensure_tiny_model(source.cache_dir))
+        elif kind == "hub" and not _HUB_ID.match(source.model):
+            raise ValueError(
+                f"Model {source.model!r} is not 'tiny', an existing directory, or a hub id "
+                "'owner/name' with a revision."
+            )
         elif kind == "hub" and not source.revision:
             raise ValueError(
                 f"Hub model {source.model!r} needs a pinned revision: use "
@@ -240,21 +253,24 @@ class TurboEngine:
     # ---------------------------------------------------------------- validation
 
     def validate(self, request: GenerationRequest) -> None:
-        """Raise ValueError naming the bad value; the token check needs the loaded model."""
+        """Raise ValueError naming the bad value.
+
+        The prompt's token count is checked only once the model is loaded, and waits for a
+        running generation (the pipeline reconfigures the shared tokenizer while it encodes).
+        """
         self._validate_fields(request)
-        if self._pipe is not None:
-            self._validate_tokens(request, self._pipe)
+        if self._pipe is not None and self.strict_token_limit:
+            with self._lock:
+                self._validate_tokens(request, self._pipe)
 
     @staticmethod
     def _validate_fields(request: GenerationRequest) -> None:
         for name in ("width", "height"):
             value = getattr(request, name)
-            if (
-                not isinstance(value, int)
-                or value % SIZE_MULTIPLE
-                or not MIN_SIDE <= value <= MAX_SIDE
-            ):
-                nearest = _nearest_side(int(value)) if isinstance(value, int | float) else 1024
+            if not isinstance(value, int):
+                raise ValueError(f"{name.capitalize()} must be an integer (got {value!r}).")
+            if value % SIZE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
+                nearest = _nearest_side(value)
                 raise ValueError(
                     f"{name.capitalize()} must be a multiple of {SIZE_MULTIPLE} between "
                     f"{MIN_SIDE} and {MAX_SIDE} (got {value!r}). The nearest valid {name} "
@@ -326,7 +342,8 @@ class TurboEngine:
             pipe = self._pipe
             assert pipe is not None
             for request in requests:
-                self._validate_tokens(request, pipe)
+                if self.strict_token_limit:
+                    self._validate_tokens(request, pipe)
 
             # 3. Group compatible requests and split the groups into batches.
             groups: dict[tuple[int, int, int, float], list[int]] = {}
