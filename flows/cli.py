@@ -28,9 +28,12 @@ QUIET_PREFECT = {
 }
 
 
-def _quiet_prefect() -> None:
+def _quiet_prefect(verbose: bool = False) -> None:
+    """Offline-friendly Prefect defaults; run logs still reach the API (and the UI)."""
     for name, value in QUIET_PREFECT.items():
         os.environ.setdefault(name, value)
+    if not verbose:  # keep the terminal for the progress bars
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -67,9 +70,10 @@ def run(
         help="override the model: tiny, a directory, or a hub id")] = None,
     revision: Annotated[str | None, typer.Option(help="hub revision to pin")] = None,
     scale: Annotated[float | None, typer.Option(help="preview scale of the size presets (0-1]")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's run logs")] = False,
 ) -> None:
     """Run one week of a campaign: trends -> prompts -> images -> labels -> store."""
-    _quiet_prefect()
+    _quiet_prefect(verbose)
     from flows.campaign import weekly_campaign
     from tasks.config import load_campaign, load_settings, parse_week
     from tasks.progress import ProgressEvent, progress_sink
