@@ -1,26 +1,32 @@
-"""The weekly campaign flow: ingest -> template -> generate -> label -> upload."""
+"""The weekly campaign flow: ingest -> template -> generate -> label -> upload (-> approve)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-from prefect.futures import PrefectFuture, wait
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
+from tasks.approval import PENDING, ApprovalDecision, ApprovalOutcome, apply_decision_task
 from tasks.config import EngineSettings, load_campaign, load_settings, parse_week
-from tasks.generate import generate_batch
+from tasks.generate import generate_batch, generate_on_worker
 from tasks.plan import ImageJob, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
 from tasks.publish import PublishedImage, find_missing_task, label_job_task, publish_task
 from tasks.storage import open_store
-from tasks.trends import ingest_trends
+from tasks.trend_store import load_recent_trends_task
+from tasks.trends import TrendReport, ingest_trends
+from zengine import GenerationResult
 
 POST_WORKERS = 4  # label + upload threads; bounded (Prefect's default pool is unbounded)
+GALLERY_URL_TTL_S = 7 * 24 * 3600  # presigned thumbnails in the UI stay valid for a week
 
 
 class CampaignSummary(BaseModel):
@@ -34,29 +40,28 @@ class CampaignSummary(BaseModel):
     existing: list[str]
     failed: list[str]
     trend_failures: list[str]
+    approval: ApprovalOutcome | None = None
 
 
 def resolve_store_url(url: str, base: Path | None = None) -> str:
     """Make a relative `file://` store URL absolute so every process writes to the same place."""
-    store = open_store(url, base_dir=base)
-    return store.describe()
+    return open_store(url, base_dir=base).describe()
 
 
 def _chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
 
-def _markdown_listing(summary: CampaignSummary, jobs: list[ImageJob]) -> str:
-    lines = [f"# {summary.campaign} · {summary.week}", "",
-             f"Store: `{summary.store}` — {len(summary.created)} new, "
-             f"{len(summary.existing)} already there, {len(summary.failed)} failed.", "",
-             "| day | date | format | template | seed | key |", "|---|---|---|---|---|---|"]
-    for job in jobs:
-        lines.append(f"| {job.weekday} | {job.date} | {job.format} | "
-                     f"{job.prompt.template}@{job.prompt.version} | {job.seed} | `{job.key}` |")
-    if summary.trend_failures:
-        lines += ["", "Trend sources skipped:", *[f"- {f}" for f in summary.trend_failures]]
-    return "\n".join(lines)
+def _generated(batches: list[list[ImageJob]], engine: EngineSettings,
+               on_workers: bool) -> Iterator[tuple[list[ImageJob], list[GenerationResult]]]:
+    """Batches with their images, in order: on resident task workers, or in this process."""
+    if on_workers:  # hand every batch over at once; N workers take them in parallel
+        futures = [(batch, generate_on_worker.delay(batch, engine)) for batch in batches]
+        for batch, future in futures:
+            yield batch, future.result()
+    else:
+        for batch in batches:
+            yield batch, generate_batch(batch, engine)
 
 
 def _run_name() -> str:
@@ -80,58 +85,126 @@ def weekly_campaign(
     bundle = load_campaign(campaign)
     config = load_settings(settings)
     engine = engine or config.engine
+    name = bundle.campaign.name
     week_label, monday = parse_week(week, datetime.now(ZoneInfo(bundle.campaign.timezone)).date())
     store = resolve_store_url(store or config.store)
-    # 1. Ingest trends (a failing source is skipped and reported)
-    report = ingest_trends(bundle.campaign.trends.sources)
+    gated = bundle.campaign.approval == "required"
+
+    # 1. Trends: what the hourly ingestion stored, or a fresh fetch
+    report: TrendReport | None = load_recent_trends_task(store, name, config.trends_max_age_s)
+    if report is None:
+        report = ingest_trends(bundle.campaign.trends.sources)
 
     # 2. Template: one job per day x format x variant, keys fixed up front
-    jobs = plan_week_task(bundle, week_label, monday, report.trends, engine)
+    jobs = plan_week_task(bundle, week_label, monday, report.trends, engine,
+                          PENDING if gated else "")
     todo = find_missing_task(store, jobs)
-    logger.info("%s %s: %d images planned, %d already in %s",
-                bundle.campaign.name, week_label, len(jobs), len(jobs) - len(todo), store)
+    logger.info("%s %s: %d images planned, %d already in %s", name, week_label, len(jobs),
+                len(jobs) - len(todo), store)
     emit(ProgressEvent("planned", total=len(jobs)))
     emit(ProgressEvent("skipped", count=len(jobs) - len(todo)))
-    progress = RunProgress(f"{bundle.campaign.name}-{week_label}-progress".lower(), len(jobs),
-                           f"Images of {bundle.campaign.name} {week_label} done")
+    progress = RunProgress(f"{name}-{week_label}-progress".lower(), len(jobs),
+                           f"Images of {name} {week_label} done")
     progress.advance(len(jobs) - len(todo))
 
     # 3. Generate in batches; label and upload each batch while the next one generates
     published: list[PrefectFuture] = []
-    for batch in _chunks(todo, engine.max_batch):
-        results = generate_batch(batch, engine)
+    results: dict[str, GenerationResult] = {}
+    for batch, images in _generated(_chunks(todo, engine.max_batch), engine,
+                                    config.generation == "workers"):
         emit(ProgressEvent("generated", count=len(batch)))
-        for job, result in zip(batch, results, strict=True):
+        for job, result in zip(batch, images, strict=True):
+            results[job.key] = result
             labelled = label_job_task.submit(job, result, bundle.brand)
             published.append(publish_task.submit(store, job, result, labelled))
+        progress.advance_done(published)
 
     # 4. Collect: one image failing does not lose the others
-    wait(published)
+    for _ in as_completed(published):
+        progress.advance_done(published)
     created, existing, failed = [], [], []
     for job, future in zip(todo, published, strict=True):
-        if future.state.is_completed():
+        try:
             image: PublishedImage = future.result()
-            (created if image.created else existing).append(image.key)
-            emit(ProgressEvent("published", detail=image.key))
-        else:
+        except Exception as exc:  # any stage's failure, after its retries: report, keep going
             failed.append(job.key)
-            logger.error("failed: %s: %s", job.key, future.state.message)
+            logger.error("failed: %s: %s: %s", job.key, type(exc).__name__, exc)
             emit(ProgressEvent("failed", detail=job.key))
-        progress.advance()
+            continue
+        (created if image.created else existing).append(image.key)
+        emit(ProgressEvent("published", detail=image.key))
     existing += [job.key for job in jobs if job not in todo]
-
     summary = CampaignSummary(
-        campaign=bundle.campaign.name, week=week_label, store=store, planned=len(jobs),
-        created=created, existing=existing, failed=failed,
+        campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
+        existing=existing, failed=failed,
         trend_failures=[f"{f.source}: {f.reason}" for f in report.failures])
 
-    # 5. Report
-    create_markdown_artifact(key=f"{bundle.campaign.name}-images".lower(),
-                             markdown=_markdown_listing(summary, jobs),
-                             description=f"{bundle.campaign.name} {week_label} images")
+    # 5. Report in the UI: a table of every image and a gallery of thumbnails
+    _publish_artifacts(summary, jobs, results)
     logger.info("%d new, %d already there, %d failed", len(created), len(existing), len(failed))
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(todo)} images failed; rerun the same week "
                            f"to finish them: {', '.join(failed[:5])}")
+
+    # 6. Approval gate: wait for a reviewer, then publish or delete
+    if gated:
+        pending_store = open_store(store)  # finished images still waiting for a decision
+        pending = [job.key for job in jobs if pending_store.exists(job.sidecar_key)]
+        if pending:
+            decision = _wait_for_review(name, week_label, pending,
+                                        bundle.campaign.approval_timeout_s)
+            summary.approval = apply_decision_task(store, pending, decision)
+            logger.info("review: %s by %s: %d published, %d rejected", summary.approval.reason,
+                        summary.approval.reviewer, len(summary.approval.published),
+                        len(summary.approval.rejected))
     return summary
 
+
+def _wait_for_review(name: str, week: str, pending: list[str],
+                     timeout_s: int) -> ApprovalDecision | None:
+    """Pause the run with a typed form in the Prefect UI; None when nobody answered in time."""
+    from prefect.exceptions import FlowPauseTimeout
+
+    get_run_logger().info("%d images wait for review under pending/ (timeout %d s)",
+                          len(pending), timeout_s)
+    try:
+        return pause_flow_run(
+            wait_for_input=ApprovalDecision.with_initial_data(
+                description=f"Review {len(pending)} images of {name} {week}. Keys:\n"
+                            + "\n".join(f"- `{k}`" for k in pending),
+                decision="approve_all", reviewer=""),
+            timeout=timeout_s, key=f"review-{name}-{week}".lower())
+    except FlowPauseTimeout:
+        return None
+
+
+def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
+                       results: dict[str, GenerationResult]) -> None:
+    store = open_store(summary.store)
+    rows = []
+    for job in jobs:
+        timings = results[job.key].timings if job.key in results else {}
+        rows.append({
+            "day": f"{job.weekday} {job.date}", "format": job.format, "variant": job.variant,
+            "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
+            "key": job.key, "status": "failed" if job.key in summary.failed
+            else "new" if job.key in summary.created else "already there",
+            "generate_s": round(timings.get("image_s", 0.0), 3),
+            "prompt": job.prompt.text[:160]})
+    slug = summary.campaign.lower()
+    create_table_artifact(key=f"{slug}-images", table=rows,
+                          description=f"{summary.campaign} {summary.week}: every image")
+    lines = [f"# {summary.campaign} · {summary.week}", "",
+             f"Store `{summary.store}`: {len(summary.created)} new, {len(summary.existing)} "
+             f"already there, {len(summary.failed)} failed.", ""]
+    for job in jobs:
+        if job.key in summary.failed:
+            continue
+        url = store.url(job.key, expires_s=GALLERY_URL_TTL_S)
+        lines.append(f"**{job.weekday} {job.format} v{job.variant}** — `{job.key}`  ")
+        lines.append(f"![{job.key}]({url})")
+        lines.append("")
+    if summary.trend_failures:
+        lines += ["Trend sources skipped:", *[f"- {f}" for f in summary.trend_failures]]
+    create_markdown_artifact(key=f"{slug}-gallery", markdown="\n".join(lines),
+                             description=f"{summary.campaign} {summary.week} gallery")

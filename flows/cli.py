@@ -160,5 +160,64 @@ def generate(
     console.print(f"wrote {output} ({result})", highlight=False)
 
 
+@app.command()
+def worker(
+    settings: Annotated[Path | None, typer.Option(help="settings YAML (model, device)")] = None,
+    gpu_slots: Annotated[int, typer.Option(help="size of the global `gpu` concurrency limit")] = 1,
+) -> None:
+    """Run a resident generation task worker (one per GPU): loads the model once, serves batches."""
+    _quiet_prefect(verbose=True)
+    from flows.worker import run_worker
+    from tasks.config import load_settings
+
+    try:
+        config = load_settings(settings or _default_settings())
+    except ZpipeError as exc:
+        raise _fail(exc) from None
+    err.print(f"worker: model {config.engine.model}, device {config.engine.device}", highlight=False)
+    run_worker(config, gpu_slots=gpu_slots)
+
+
+@app.command()
+def serve(
+    campaigns: Annotated[Path, typer.Option(help="folder of campaign YAML files")] = Path(
+        "configs/campaigns"),
+    brands: Annotated[Path, typer.Option(help="folder of brand YAML files")] = Path("configs/brands"),
+    settings: Annotated[Path | None, typer.Option(help="settings YAML")] = None,
+    limit: Annotated[int, typer.Option(help="flow runs at once")] = 4,
+) -> None:
+    """Serve every deployment: campaign schedules, hourly trends, comment replies."""
+    _quiet_prefect(verbose=True)
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import build_deployments
+
+    try:
+        deployments = build_deployments(campaigns, brands, settings or _default_settings())
+    except ZpipeError as exc:
+        raise _fail(exc) from None
+    prefect_serve(*deployments, limit=limit)
+
+
+@app.command()
+def intake(
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8787,
+    brands: Annotated[Path, typer.Option(help="folder of brand YAML files")] = Path("configs/brands"),
+    store: Annotated[str | None, typer.Option(help="store URL (default: settings)")] = None,
+    settings: Annotated[Path | None, typer.Option(help="settings YAML")] = None,
+) -> None:
+    """Run the signed comment intake (HTTP): accepted comments trigger reply images."""
+    _quiet_prefect(verbose=True)
+    from flows.intake import serve as serve_intake
+    from tasks.config import load_settings
+
+    try:
+        store_url = store or load_settings(settings or _default_settings()).store
+        serve_intake(host=host, port=port, brands_dir=brands, store_url=store_url)
+    except ZpipeError as exc:
+        raise _fail(exc) from None
+
+
 if __name__ == "__main__":
     app()

@@ -7,25 +7,13 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from tasks.config import BrandConfig, load_config, load_settings
+from tasks.config import load_brand, load_settings
 from tasks.errors import ConfigError
 from tasks.generate import get_engine
 from tasks.watermark import ImplicitLabel, LabelSpec, OutputSpec, label_image
 from zengine import GenerationRequest, size_for
 
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-
-
-def _load_brand(path: Path) -> BrandConfig:
-    brand = load_config(path, expect="brand")
-    assert isinstance(brand, BrandConfig)
-    if brand.logo is not None:
-        logo = Path(brand.logo.path)
-        logo = logo if logo.is_absolute() else (path.parent / logo).resolve()
-        if not logo.is_file():
-            raise ConfigError(str(path), "logo.path", "logo file not found", brand.logo.path)
-        brand = brand.model_copy(update={"logo": brand.logo.model_copy(update={"path": str(logo)})})
-    return brand
 
 
 def generate_one(prompt: str, output: Path, *, seed: int, fmt: str, brand_path: Path | None,
@@ -53,7 +41,7 @@ def generate_one(prompt: str, output: Path, *, seed: int, fmt: str, brand_path: 
 
         (result,) = engine.generate([request], on_step=on_step)
 
-    brand = _load_brand(brand_path) if brand_path else None
+    brand = load_brand(brand_path) if brand_path else None
     content_id = hashlib.sha256(result.png).hexdigest()[:12]
     implicit = ImplicitLabel(content_producer=brand.producer.id if brand else "zpipe",
                              produce_id=content_id)

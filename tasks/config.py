@@ -49,6 +49,27 @@ class BilingualText(Strict):
     en: str = Field(min_length=1)
 
 
+class ReplyPolicy(Strict):
+    """How a brand answers user comments with a reply image (the comment-reply flow)."""
+
+    prompts: str = Field(default="../prompts/library.yaml",
+                         description="prompt library, relative to the brand file")
+    template: str = "trend-reply"
+    language: Literal["zh", "en", "bilingual"] = "bilingual"
+    format: str = "9:16"
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    max_chars: int = Field(default=280, ge=1, le=5000, description="longest comment accepted")
+    blocklist: list[str] = Field(default_factory=list,
+                                 description="comments containing any of these are rejected")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}; use one of {', '.join(FORMATS)}")
+        return value
+
+
 class BrandConfig(Strict):
     kind: Literal["brand"] = "brand"
     slug: Slug
@@ -58,6 +79,7 @@ class BrandConfig(Strict):
     logo: LogoSpec | None = None
     label: LabelSpec = Field(default_factory=LabelSpec)
     producer: Producer
+    replies: ReplyPolicy = Field(default_factory=ReplyPolicy)
 
     @field_validator("colours")
     @classmethod
@@ -75,6 +97,39 @@ class TrendsConfig(Strict):
     sources: list[TrendSource] = Field(default_factory=list)
 
 
+class Schedule(Strict):
+    """When a campaign runs by itself: a cron line in an IANA timezone."""
+
+    cron: str = Field(description="five-field cron, e.g. '0 9 * * 1' = Mondays 09:00")
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule  # Prefect's own cron rules
+
+        try:
+            if len(value.split()) != 5:
+                raise ValueError
+            CronSchedule(cron=value)
+        except ValueError:
+            raise ValueError(f"not a five-field cron line {value!r} (e.g. '0 9 * * 1')") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA timezone {value!r} (e.g. Asia/Shanghai)") from None
+    return value
+
+
 class CampaignConfig(Strict):
     kind: Literal["campaign"] = "campaign"
     name: Slug
@@ -88,6 +143,9 @@ class CampaignConfig(Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     trends: TrendsConfig = Field(default_factory=TrendsConfig)
     days: dict[str, BilingualText] = Field(min_length=1, description="weekday -> theme")
+    schedule: Schedule | None = Field(default=None, description="run by itself (zpipe serve)")
+    approval: Literal["none", "required"] = "none"
+    approval_timeout_s: int = Field(default=86400, ge=10, description="unanswered -> rejected")
 
     @field_validator("formats")
     @classmethod
@@ -110,11 +168,7 @@ class CampaignConfig(Strict):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA timezone {value!r} (e.g. Asia/Shanghai)") from None
-        return value
+        return _check_timezone(value)
 
 
 # -- settings -----------------------------------------------------------------------
@@ -136,7 +190,14 @@ class Settings(Strict):
     kind: Literal["settings"] = "settings"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     store: str = Field(default="file://./zpipe-out", description="file:///dir or s3://bucket/prefix")
-    post_workers: int = Field(default=2, ge=1, le=32, description="threads for label + upload")
+    generation: Literal["local", "workers"] = Field(
+        default="local", description="local: in the flow's process; workers: `zpipe worker`s")
+    trends_max_age_s: int = Field(default=7200, ge=0,
+                                  description="use stored trends younger than this, else fetch")
+
+
+# The only environment variables zpipe reads for settings (secrets stay with boto3 / intake).
+ENV_OVERRIDES = {"ZPIPE_STORE": "store", "ZPIPE_GENERATION": "generation"}
 
 
 # -- loading ------------------------------------------------------------------------
@@ -205,6 +266,8 @@ def load_config(path: str | Path, expect: str | None = None) -> BaseModel:
     model = parse_config(path, read_yaml(path), expect)
     if isinstance(model, CampaignConfig):
         load_campaign(path)  # a campaign is only valid with its brand and templates
+    elif isinstance(model, BrandConfig):
+        load_brand(path)  # ... and a brand with its logo, font and reply templates
     return model
 
 
@@ -234,18 +297,7 @@ def load_campaign(path: str | Path) -> CampaignBundle:
     brand_path = _resolve(base, campaign.brand)
     if not brand_path.is_file():
         raise ConfigError(str(path), "brand", "brand file not found", campaign.brand)
-    brand = parse_config(brand_path, read_yaml(brand_path), expect="brand")
-    assert isinstance(brand, BrandConfig)
-    if brand.logo is not None:
-        logo_path = _resolve(brand_path.parent, brand.logo.path)
-        if not logo_path.is_file():
-            raise ConfigError(str(brand_path), "logo.path", "logo file not found", brand.logo.path)
-        brand = brand.model_copy(update={"logo": brand.logo.model_copy(update={"path": str(logo_path)})})
-    if brand.label.font is not None:
-        font_path = _resolve(brand_path.parent, brand.label.font)
-        if not font_path.is_file():
-            raise ConfigError(str(brand_path), "label.font", "font file not found", brand.label.font)
-        brand = brand.model_copy(update={"label": brand.label.model_copy(update={"font": str(font_path)})})
+    brand = load_brand(brand_path)
 
     prompts_path = _resolve(base, campaign.prompts)
     if not prompts_path.is_file():
@@ -273,13 +325,65 @@ def load_campaign(path: str | Path) -> CampaignBundle:
     return CampaignBundle(path=path, campaign=campaign, brand=brand, library=library)
 
 
+def load_brand(path: str | Path) -> BrandConfig:
+    """Load a brand and resolve its logo, font and reply prompt library paths."""
+    path = Path(path).resolve()
+    brand = parse_config(path, read_yaml(path), expect="brand")
+    assert isinstance(brand, BrandConfig)
+    if brand.logo is not None:
+        logo_path = _resolve(path.parent, brand.logo.path)
+        if not logo_path.is_file():
+            raise ConfigError(str(path), "logo.path", "logo file not found", brand.logo.path)
+        brand = brand.model_copy(update={"logo": brand.logo.model_copy(update={"path": str(logo_path)})})
+    if brand.label.font is not None:
+        font_path = _resolve(path.parent, brand.label.font)
+        if not font_path.is_file():
+            raise ConfigError(str(path), "label.font", "font file not found", brand.label.font)
+        brand = brand.model_copy(update={"label": brand.label.model_copy(update={"font": str(font_path)})})
+    prompts_path = _resolve(path.parent, brand.replies.prompts)
+    if not prompts_path.is_file():
+        raise ConfigError(str(path), "replies.prompts", "prompt library not found",
+                          brand.replies.prompts)
+    replies = brand.replies.model_copy(update={"prompts": str(prompts_path)})
+    return brand.model_copy(update={"replies": replies})
+
+
+def find_brand(brands_dir: str | Path, slug: str) -> BrandConfig:
+    """The brand with this slug among the brand YAML files of a directory."""
+    brands_dir = Path(brands_dir)
+    known = []
+    for path in sorted(brands_dir.glob("*.yaml")):
+        data = read_yaml(path)
+        if data.get("kind") != "brand":
+            continue
+        known.append(str(data.get("slug")))
+        if data.get("slug") == slug:
+            return load_brand(path)
+    raise ConfigError(str(brands_dir), "slug", f"no brand with this slug; known: {', '.join(known)}",
+                      slug)
+
+
+def load_library(path: str | Path) -> PromptLibrary:
+    """Load a prompt library file."""
+    library = load_config(path, expect="prompts")
+    assert isinstance(library, PromptLibrary)
+    return library
+
+
 def load_settings(path: str | Path | None) -> Settings:
-    """Load settings YAML, or the embedded defaults when no file is given."""
-    if path is None:
-        return Settings()
-    model = load_config(path, expect="settings")
+    """Load settings YAML (or the embedded defaults), then ZPIPE_STORE / ZPIPE_GENERATION."""
+    import os
+
+    model = Settings() if path is None else load_config(path, expect="settings")
     assert isinstance(model, Settings)
-    return model
+    overrides = {field: os.environ[name] for name, field in ENV_OVERRIDES.items()
+                 if os.environ.get(name)}
+    if not overrides:
+        return model
+    try:
+        return Settings.model_validate({**model.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise _from_validation_error(Path("environment (ZPIPE_*)"), exc) from None
 
 
 def parse_week(week: str | None, today: date) -> tuple[str, date]:

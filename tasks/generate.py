@@ -1,16 +1,28 @@
-"""Generation stage: image jobs -> PNG bytes through the Turbo engine, one engine per process."""
+"""Generation stage: image jobs -> PNG bytes through the Turbo engine, one engine per process.
+
+Two ways to run it, same code:
+- `generate_batch`: in the flow's own process (a plain `zpipe run`, no server needed);
+- `generate_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
+  `.delay()`. The worker keeps the engine loaded across flow runs and holds the global
+  concurrency limit `gpu` while it generates; its results persist to result storage so the
+  flow's process can read them back.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
 from tasks.config import EngineSettings
 from tasks.plan import ImageJob
 from zengine import GenerationRequest, GenerationResult, ModelSource, TurboEngine
+
+GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
 
 
 @functools.lru_cache(maxsize=2)
@@ -32,23 +44,35 @@ def generate_images(
     settings: EngineSettings,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[GenerationResult]:
-    """Generate one image per job, in job order."""
+    """Generate one image per job, in job order; timings say which process and load made it."""
     engine = get_engine(settings)
-    return engine.generate([to_request(job) for job in jobs], on_step=on_step)
+    results = engine.generate([to_request(job) for job in jobs], on_step=on_step)
+    for result in results:
+        result.timings.update(engine_pid=os.getpid(), engine_loads=engine.load_count,
+                              load_s=round(engine.load_s or 0.0, 3))
+    return results
 
 
 def _batch_name() -> str:
     from prefect.runtime import task_run
 
     jobs = task_run.parameters.get("jobs", [])
-    first = jobs[0] if jobs else None
-    if first is None:
+    if not jobs:
         return "generate-empty"
+    first = jobs[0]
     return f"generate {first.weekday}-{first.format}" + (f" +{len(jobs) - 1}" if len(jobs) > 1 else "")
 
 
 @task(name="generate-batch", task_run_name=_batch_name, cache_policy=NO_CACHE,
       timeout_seconds=1800, retries=1, retry_delay_seconds=5)
 def generate_batch(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult]:
-    """Generate a batch of images on this process's resident engine."""
+    """Generate a batch of images on this process's engine."""
     return generate_images(jobs, settings)
+
+
+@task(name="generate-batch-gpu", task_run_name=_batch_name, cache_policy=NO_CACHE,
+      timeout_seconds=1800, retries=1, retry_delay_seconds=5, persist_result=True)
+def generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult]:
+    """Generate a batch on a resident GPU task worker, holding one `gpu` concurrency slot."""
+    with concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, strict=True):
+        return generate_images(jobs, settings)

@@ -82,6 +82,7 @@ def plan_week(
     trends: Sequence[Trend],
     engine: EngineSettings,
     brand_fingerprint: str,
+    key_prefix: str = "",
 ) -> list[ImageJob]:
     """Render every prompt of the week and fix each image's seed, size and key."""
     campaign, brand, template = bundle.campaign, bundle.brand, bundle.library.get(
@@ -121,7 +122,7 @@ def plan_week(
                     "model": model_id, "revision": revision,
                     "output": campaign.output.model_dump(), "brand": brand_fingerprint,
                 })
-                key = (f"{brand.slug}/{campaign.name}/{week}/{weekday}/"
+                key = (f"{key_prefix}{brand.slug}/{campaign.name}/{week}/{weekday}/"
                        f"{fmt.replace(':', 'x')}-v{variant}-{content_id}.{campaign.output.ext}")
                 jobs.append(ImageJob(
                     brand=brand.slug, campaign=campaign.name, week=week, weekday=weekday,
@@ -145,7 +146,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
 
 @task(name="plan-week", cache_policy=NO_CACHE)
 def plan_week_task(
-    bundle: CampaignBundle, week: str, monday: date, trends: list[Trend], engine: EngineSettings
+    bundle: CampaignBundle, week: str, monday: date, trends: list[Trend], engine: EngineSettings,
+    key_prefix: str = "",
 ) -> list[ImageJob]:
     """Render the week's prompts into image jobs (templating stage)."""
-    return plan_week(bundle, week, monday, trends, engine, brand_fingerprint(bundle))
+    return plan_week(bundle, week, monday, trends, engine, brand_fingerprint(bundle), key_prefix)

@@ -6,7 +6,7 @@ bars; the sink lives in a context variable, which Prefect copies into task threa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from typing import Literal
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture
 
 EventKind = Literal["planned", "skipped", "generated", "published", "failed"]
 
@@ -55,7 +56,15 @@ class RunProgress:
         self.done = 0
         self.artifact_id: UUID = create_progress_artifact(  # type: ignore[assignment]
             progress=0.0, key=key, description=description)
+        self._counted: set[int] = set()
 
     def advance(self, count: int = 1) -> None:
         self.done += count
         update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+
+    def advance_done(self, futures: Sequence[PrefectFuture]) -> None:
+        """Count the futures that finished since the last call (one image each)."""
+        new = [id(f) for f in futures if id(f) not in self._counted and f.state.is_final()]
+        if new:
+            self._counted.update(new)
+            self.advance(len(new))

@@ -132,8 +132,16 @@ def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
 
 
 def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
-    """Jobs whose sidecar is not in the store yet (the image may be missing or partial)."""
-    return [job for job in jobs if not store.exists(job.sidecar_key)]
+    """Jobs whose sidecar is not in the store yet (the image may be missing or partial).
+
+    A job planned under `pending/` also counts as done once it was approved to `published/`.
+    """
+    def done(job: ImageJob) -> bool:
+        if store.exists(job.sidecar_key):
+            return True
+        return job.key.startswith("pending/") and store.exists(
+            "published/" + job.sidecar_key.removeprefix("pending/"))
+    return [job for job in jobs if not done(job)]
 
 
 @task(name="find-missing", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

@@ -163,6 +163,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # Prefect reads its settings once; temporary_settings points this process at the server
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()  # send the last run logs while the server is still up
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,73 @@
+"""Every deployment of a running zpipe, declared in one place: schedules and triggers.
+
+- one `weekly-campaign` deployment per campaign that has a `schedule:` (cron + timezone);
+- one hourly `ingest-trends` deployment per campaign with trend sources;
+- `comment-reply/on-comment`, triggered by the intake's `zpipe.comment.received` event.
+
+`zpipe serve` serves them all from one long-lived process (each run in a new process);
+`infra/prefect.yaml` declares the same for a work pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from flows.campaign import weekly_campaign
+from flows.comment import comment_reply
+from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
+from flows.trends import ingest_trends_flow
+from tasks.config import load_campaign
+
+TRENDS_CRON = "0 * * * *"  # hourly: hot lists move within hours
+COMMENT_DEPLOYMENT = "on-comment"
+
+
+def campaign_files(campaigns_dir: Path) -> list[Path]:
+    """The campaign YAML files of a directory, in name order."""
+    return sorted(p.resolve() for p in campaigns_dir.glob("*.yaml"))
+
+
+def build_deployments(campaigns_dir: Path, brands_dir: Path,
+                      settings: Path | None = None) -> list[RunnerDeployment]:
+    """Deployments for every scheduled campaign, its trends, and comment replies."""
+    settings_param = {"settings": str(settings.resolve())} if settings else {}
+    deployments: list[RunnerDeployment] = []
+    for path in campaign_files(campaigns_dir):
+        bundle = load_campaign(path)
+        campaign = bundle.campaign
+        tags = [f"brand:{bundle.brand.slug}", f"campaign:{campaign.name}"]
+        if campaign.schedule is not None:
+            deployments.append(weekly_campaign.to_deployment(
+                name=campaign.name,
+                schedules=[Cron(campaign.schedule.cron, timezone=campaign.schedule.timezone)],
+                parameters={"campaign": str(path), **settings_param},
+                description=f"{campaign.name}: one week of images for {bundle.brand.name}",
+                tags=tags))
+        if campaign.trends.sources:
+            deployments.append(ingest_trends_flow.to_deployment(
+                name=f"{campaign.name}-hourly",
+                schedules=[Cron(TRENDS_CRON, timezone=campaign.timezone)],
+                parameters={"campaign": str(path), **settings_param},
+                description=f"hourly trend pull for {campaign.name}", tags=tags))
+    deployments.append(comment_reply.to_deployment(
+        name=COMMENT_DEPLOYMENT,
+        triggers=[DeploymentEventTrigger(
+            name="comment received",
+            expect={COMMENT_EVENT},
+            match={"prefect.resource.id": f"{COMMENT_RESOURCE_PREFIX}*"},
+            parameters={"comment_id": "{{ event.payload.id }}",
+                        "brand": "{{ event.payload.brand }}"})],
+        parameters={"brands_dir": str(brands_dir.resolve()), **settings_param},
+        description="answer a user comment with a labelled reply image", tags=["comments"]))
+    return deployments
+
+
+def serve_all(campaigns_dir: Path, brands_dir: Path, settings: Path | None = None,
+              limit: int = 4) -> None:
+    """Serve every deployment from this process until stopped (each run in a new process)."""
+    serve(*build_deployments(campaigns_dir, brands_dir, settings), limit=limit)

@@ -1,0 +1,92 @@
+"""The approval gate: images wait under `pending/` until a reviewer decides in the Prefect UI.
+
+Approved images (and their sidecars, stamped with the decision) move to `published/`;
+rejected ones are deleted; a review that never comes rejects everything it covered.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.errors import ZpipeError
+from tasks.storage import ObjectStore, open_store
+
+PENDING, PUBLISHED = "pending/", "published/"
+
+
+class ApprovalDecision(RunInput):
+    """The form a reviewer fills in the Prefect UI to resume a paused campaign run."""
+
+    decision: Literal["approve_all", "reject_listed", "reject_all"] = Field(
+        default="approve_all",
+        description="approve_all: publish everything; reject_listed: delete the keys below, "
+                    "publish the rest; reject_all: delete everything")
+    reject_keys: list[str] = Field(default_factory=list,
+                                   description="pending image keys to reject (reject_listed)")
+    reviewer: str = Field(min_length=1, description="who decided (recorded in each sidecar)")
+    note: str = ""
+
+
+class ApprovalOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    published: list[str]
+    rejected: list[str]
+    reviewer: str | None
+    reason: str
+
+
+def published_key(pending_key: str) -> str:
+    """`pending/<key>` -> `published/<key>`."""
+    if not pending_key.startswith(PENDING):
+        raise ZpipeError(f"{pending_key!r} is not under {PENDING!r}")
+    return PUBLISHED + pending_key[len(PENDING):]
+
+
+def apply_decision(store: ObjectStore, pending_keys: list[str],
+                   decision: ApprovalDecision | None, now: datetime) -> ApprovalOutcome:
+    """Move approved images to published/ (sidecar last), delete rejected ones."""
+    if decision is None:
+        rejected, reviewer, reason = list(pending_keys), None, "review timed out"
+    elif decision.decision == "approve_all":
+        rejected, reviewer, reason = [], decision.reviewer, "approved"
+    elif decision.decision == "reject_all":
+        rejected, reviewer, reason = list(pending_keys), decision.reviewer, "rejected"
+    else:
+        unknown = sorted(set(decision.reject_keys) - set(pending_keys))
+        if unknown:
+            raise ZpipeError(f"reject_keys not in this review: {unknown}; "
+                             f"use keys from the run's image table")
+        rejected, reviewer, reason = list(decision.reject_keys), decision.reviewer, "partly rejected"
+    published = []
+    for key in pending_keys:
+        if key in rejected:
+            store.delete(f"{key}.json")  # sidecar first: no sidecar = not a finished image
+            store.delete(key)
+            continue
+        target = published_key(key)
+        sidecar = json.loads(store.get(f"{key}.json"))
+        sidecar["key"] = target
+        sidecar["approval"] = {"reviewer": reviewer, "decided_at": now.isoformat(),
+                               "note": decision.note if decision else ""}
+        store.put(target, store.get(key), sidecar["output"]["content_type"], overwrite=True)
+        store.put(f"{target}.json", json.dumps(sidecar, ensure_ascii=False, indent=2).encode(),
+                  "application/json", overwrite=True)
+        store.delete(f"{key}.json")
+        store.delete(key)
+        published.append(target)
+    return ApprovalOutcome(published=published, rejected=rejected, reviewer=reviewer, reason=reason)
+
+
+@task(name="apply-approval", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def apply_decision_task(store_url: str, pending_keys: list[str],
+                        decision: ApprovalDecision | None) -> ApprovalOutcome:
+    """Publish what the reviewer approved and delete what they rejected."""
+    return apply_decision(open_store(store_url), pending_keys, decision, datetime.now(UTC))

@@ -1,0 +1,275 @@
+"""User comments: cleaning, moderation, keywords, request signatures and the comment ledger.
+
+The intake service (`flows/intake.py`) answers HTTP with these plain functions; the
+comment-reply flow reads the ledger to learn a comment's text and records its progress there.
+A comment's text and keywords are DATA: they reach prompt templates as Jinja2 variables,
+never as template source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import unicodedata
+from datetime import UTC, datetime
+from functools import lru_cache
+from types import ModuleType
+from typing import Annotated, Literal
+
+import regex
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.config import SLUG, ReplyPolicy
+from tasks.errors import StoreError, ZpipeError
+from tasks.storage import ObjectStore
+
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+TIMESTAMP_HEADER = "X-Zpipe-Timestamp"
+SIGNATURE_HEADER = "X-Zpipe-Signature"
+SIGNATURE_SCHEME = "sha256"
+
+_SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")  # unix seconds; 12 digits reach the year 33658
+# Format characters (zero-width spaces and joiners, bidi controls, BOM, tag characters) and
+# every other default-ignorable code point (variation selectors, Hangul fillers, CGJ) draw
+# nothing and only serve to hide words from filters; lone surrogates cannot be stored.
+_INVISIBLE = regex.compile(r"[\p{Cf}\p{Default_Ignorable_Code_Point}\p{Cs}]")
+_MAX_KEYWORD_CHARS = 32  # a longer token is a URL or noise, not something to draw
+# jieba part-of-speech tags worth drawing: nouns (people, places, brands), verbs, adjectives,
+# time words (秋天, 周末), idioms and English words; not pronouns, measure words or particles
+_KEYWORD_POS = ("n", "nr", "ns", "nt", "nz", "nw", "vn", "v", "a", "an", "t", "s", "i", "l", "j", "eng")
+
+CommentId = Annotated[str, Field(pattern=ID_PATTERN, description="the platform's comment id")]
+State = Literal["queued", "running", "done", "failed", "rejected"]
+
+
+class SignatureError(ZpipeError):
+    """A request signature is missing, malformed, stale, from the future, wrong or replayed."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class LedgerError(ZpipeError):
+    """The comment ledger has no record for an id, or was asked for an invalid change."""
+
+
+class Comment(BaseModel):
+    """A user comment as the intake receives it (text not yet moderated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: CommentId
+    author: str = Field(min_length=1, max_length=128)
+    text: str = Field(min_length=1, max_length=10000)
+    post_id: str = Field(min_length=1, max_length=256)
+    brand: str = Field(pattern=SLUG.pattern, description="slug of a brand the intake serves")
+
+
+class CommentState(BaseModel):
+    """One comment's ledger record: its cleaned text, keywords and where it is in the pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: CommentId
+    brand: str
+    author: str
+    post_id: str
+    text: str = Field(description="the cleaned text")
+    keywords: list[str] = Field(default_factory=list)
+    state: State
+    image_key: str | None = None
+    flow_run_id: str | None = None
+    reason: str | None = None
+    received_at: datetime
+    updated_at: datetime
+
+
+# -- text ---------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """NFKC-normalise, drop control and invisible characters, collapse whitespace to single spaces."""
+    kept = []
+    for ch in text:
+        if unicodedata.category(ch) == "Cc":
+            if ch.isspace():  # \t \n \r and friends separate words: keep them as a space
+                kept.append(" ")
+            continue
+        kept.append(ch)
+    visible = _INVISIBLE.sub("", "".join(kept))
+    return " ".join(unicodedata.normalize("NFKC", visible).split())
+
+
+def _squeeze(text: str) -> str:
+    """Case-folded text without separators, punctuation or symbols ('加 微·信' -> '加微信')."""
+    return "".join(ch for ch in text.casefold() if unicodedata.category(ch)[0] not in "ZPS")
+
+
+def moderate(text: str, policy: ReplyPolicy) -> tuple[str, str | None]:
+    """Return (cleaned text, rejection reason or None) under a brand's reply policy."""
+    cleaned = clean_text(text)
+    if not cleaned:
+        return cleaned, "empty after cleaning: the comment has no visible text"
+    if len(cleaned) > policy.max_chars:
+        return cleaned, (f"too long: {len(cleaned)} characters after cleaning "
+                         f"(limit {policy.max_chars})")
+    folded, squeezed = cleaned.casefold(), _squeeze(cleaned)
+    for term in policy.blocklist:
+        needle = clean_text(term).casefold()
+        if needle and (needle in folded or (_squeeze(needle) and _squeeze(needle) in squeezed)):
+            return cleaned, f"contains the blocked term {term!r}"
+    return cleaned, None
+
+
+@lru_cache(maxsize=1)
+def _keyword_tools() -> tuple[ModuleType, frozenset[str]]:
+    """jieba's keyword extractor (dictionary loaded) and Chinese + English stop words."""
+    import jieba
+    import jieba.analyse
+    import jieba.posseg  # loaded here, not by the first comment
+    from stop_words import get_stop_words
+
+    jieba.setLogLevel(logging.WARNING)  # it logs dictionary loading at DEBUG to stderr
+    jieba.initialize()
+    stop = frozenset(w.casefold() for lang in ("en", "zh") for w in get_stop_words(lang))
+    return jieba.analyse, stop
+
+
+def warm_keywords() -> None:
+    """Load the segmentation dictionary now (about a second) instead of on the first comment."""
+    _keyword_tools()
+
+
+def extract_keywords(text: str, limit: int = 5) -> list[str]:
+    """Up to `limit` keywords of a cleaned comment (Chinese and English), most telling first."""
+    if limit < 1:
+        return []
+    analyse, stop = _keyword_tools()
+    keywords: list[str] = []
+    seen: set[str] = set()
+    for word in analyse.extract_tags(text, topK=None, allowPOS=_KEYWORD_POS):  # TF-IDF ranking
+        folded = word.casefold()
+        if (folded in seen or folded in stop or len(word) > _MAX_KEYWORD_CHARS
+                or not any(ch.isalpha() for ch in word)):
+            continue
+        seen.add(folded)
+        keywords.append(word)
+        if len(keywords) == limit:
+            break
+    return keywords
+
+
+# -- signatures ---------------------------------------------------------------------
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>." + body)."""
+    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_SCHEME}={digest}"
+
+
+def verify_signature(
+    secret: bytes,
+    timestamp_header: str | None,
+    signature_header: str | None,
+    body: bytes,
+    now: float,
+    tolerance_s: int = 300,
+) -> None:
+    """Raise SignatureError unless the headers sign `body` with `secret` within the tolerance."""
+    if not timestamp_header:
+        raise SignatureError("missing", f"missing {TIMESTAMP_HEADER} header (unix seconds)")
+    if not signature_header:
+        raise SignatureError("missing", f"missing {SIGNATURE_HEADER} header ('sha256=<hex>')")
+    if not _TIMESTAMP.match(timestamp_header):
+        raise SignatureError("malformed", f"malformed {TIMESTAMP_HEADER} {timestamp_header[:32]!r}: "
+                                          "expected unix seconds, e.g. '1767225600'")
+    match = _SIGNATURE.match(signature_header)
+    if not match:
+        raise SignatureError("malformed", f"malformed {SIGNATURE_HEADER}: expected 'sha256=' "
+                                          "followed by 64 hex digits")
+    age = now - int(timestamp_header)
+    if age > tolerance_s:
+        raise SignatureError("stale", f"stale timestamp: {int(age)} s old (tolerance {tolerance_s} s); "
+                                      "sign each request with the current time")
+    if -age > tolerance_s:
+        raise SignatureError("future", f"timestamp {int(-age)} s in the future (tolerance "
+                                       f"{tolerance_s} s); check the sender's clock")
+    expected = sign(secret, timestamp_header, body)
+    if not hmac.compare_digest(expected, f"{SIGNATURE_SCHEME}={match[1].lower()}"):
+        raise SignatureError("mismatch", "signature mismatch: sign '<timestamp>.' + the raw body "
+                                         "with HMAC-SHA256 and the shared secret")
+
+
+# -- ledger -------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CommentLedger:
+    """One JSON record per comment at `{prefix}/{id}.json` in an object store."""
+
+    def __init__(self, store: ObjectStore, prefix: str = "_comments"):
+        self.store = store
+        self.prefix = prefix.strip("/")
+
+    def _key(self, comment_id: str) -> str:
+        if not re.match(ID_PATTERN, comment_id):
+            raise LedgerError(f"invalid comment id {comment_id[:40]!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+        return f"{self.prefix}/{comment_id}.json"
+
+    def _write(self, state: CommentState, overwrite: bool) -> bool:
+        data = state.model_dump_json().encode()
+        return self.store.put(self._key(state.id), data, "application/json", overwrite=overwrite)
+
+    def claim(self, state: CommentState) -> tuple[CommentState, bool]:
+        """Write `state` if its id is new: (state, True); else (the stored record, False)."""
+        if self._write(state, overwrite=False):
+            return state, True
+        stored = self.get(state.id)
+        if stored is None:  # deleted between our put and get: the claim is lost all the same
+            raise StoreError(f"comment {state.id!r} vanished from {self.store.describe()} during a claim")
+        return stored, False
+
+    def requeue(self, failed: CommentState, **changes: object) -> tuple[CommentState, bool]:
+        """Take over a failed record for a retry: of concurrent callers exactly one wins (True)."""
+        if failed.state != "failed":
+            raise LedgerError(f"comment {failed.id!r} is {failed.state}, not failed: nothing to requeue")
+        stamp = int(failed.updated_at.timestamp() * 1_000_000)  # one retry per failed version
+        marker = f"{self.prefix}/.retries/{failed.id}/{stamp}"
+        if not self.store.put(marker, b"", "text/plain", overwrite=False):
+            current = self.get(failed.id)
+            return (current or failed), False
+        return self.update(failed.id, **changes), True
+
+    def get(self, comment_id: str) -> CommentState | None:
+        """The record of `comment_id`, or None if the ledger has none."""
+        key = self._key(comment_id)
+        try:
+            data = self.store.get(key)
+        except StoreError:
+            if not self.store.exists(key):
+                return None
+            data = self.store.get(key)  # claimed between the two calls (or a real error: raised)
+        return CommentState.model_validate_json(data)
+
+    def update(self, comment_id: str, **changes: object) -> CommentState:
+        """Change fields of a record (read-modify-write; the last writer wins) and stamp updated_at."""
+        current = self.get(comment_id)
+        if current is None:
+            raise LedgerError(f"no comment {comment_id!r} in the ledger at {self.store.describe()}")
+        try:
+            updated = CommentState.model_validate(
+                {**current.model_dump(), **changes, "updated_at": _now()}
+            )
+        except ValidationError as exc:
+            raise LedgerError(f"invalid change to comment {comment_id!r}: {exc.errors()[0]['msg']} "
+                              f"(fields {sorted(changes)})") from None
+        self._write(updated, overwrite=True)
+        return updated

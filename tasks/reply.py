@@ -1,0 +1,77 @@
+"""Comment replies: a ledger record -> one image job from the brand's reply template.
+
+The comment's words reach the prompt only as keywords passed to the sandboxed template as
+data; they are never template code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.comments import CommentLedger, CommentState
+from tasks.config import WEEKDAYS, BrandConfig, EngineSettings, load_library
+from tasks.plan import TURBO_STEPS, ImageJob, _content_id, model_identity
+from tasks.prompts import render_prompt
+from tasks.storage import open_store
+from zengine import derive_seed, size_for
+
+REPLY_CAMPAIGN = "comments"
+
+
+def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings,
+               now: datetime) -> ImageJob:
+    """The one image that answers a comment: prompt, seed, size and key fixed up front."""
+    policy = brand.replies
+    template = load_library(policy.prompts).get(policy.template)
+    variables = {
+        "brand": {"name": brand.name, "style_zh": brand.style.zh, "style_en": brand.style.en,
+                  "palette": list(brand.colours.values())},
+        "comment": {"keywords": list(comment.keywords)},
+        "format": policy.format,
+    }
+    prompt = render_prompt(template, variables, policy.language)
+    width, height = size_for(policy.format, engine.preview_scale)
+    seed = derive_seed(brand.slug, REPLY_CAMPAIGN, comment.id)
+    model_id, revision = model_identity(engine)
+    content_id = _content_id({
+        "prompt": prompt.text, "template": prompt.template, "version": prompt.version,
+        "seed": seed, "size": [width, height], "steps": TURBO_STEPS, "model": model_id,
+        "revision": revision, "output": policy.output.model_dump(),
+        "label": brand.label.model_dump(), "comment": comment.id})
+    day = now.date()
+    year, week, weekday = day.isocalendar()
+    key = (f"{brand.slug}/{REPLY_CAMPAIGN}/{day.isoformat()}/"
+           f"{comment.id}-{content_id}.{policy.output.ext}")
+    return ImageJob(
+        brand=brand.slug, campaign=REPLY_CAMPAIGN, week=f"{year}-W{week:02d}",
+        weekday=WEEKDAYS[weekday - 1], date=day, format=policy.format, variant=1, width=width,
+        height=height, seed=seed, steps=TURBO_STEPS, prompt=prompt, trend=None,
+        output=policy.output, model_id=model_id, revision=revision, content_id=content_id, key=key)
+
+
+@task(name="start-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> CommentState:
+    """Mark the comment running (with this flow run's id) and return its record."""
+    return CommentLedger(open_store(store_url)).update(
+        comment_id, state="running", flow_run_id=flow_run_id, reason=None)
+
+
+@task(name="finish-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def finish_reply_task(store_url: str, comment_id: str, image_key: str | None,
+                      reason: str | None = None) -> CommentState:
+    """Record the outcome for the status endpoint: done with the image key, or failed."""
+    ledger = CommentLedger(open_store(store_url))
+    if image_key is None:
+        return ledger.update(comment_id, state="failed", reason=reason or "unknown error")
+    return ledger.update(comment_id, state="done", image_key=image_key, reason=None)
+
+
+@task(name="plan-reply", cache_policy=NO_CACHE)
+def plan_reply_task(brand: BrandConfig, comment: CommentState, engine: EngineSettings) -> ImageJob:
+    """Render the brand's reply template with the comment's keywords (templating stage)."""
+    from datetime import UTC
+
+    return plan_reply(brand, comment, engine, datetime.now(UTC))

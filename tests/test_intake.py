@@ -1,0 +1,477 @@
+"""The comment intake over real HTTP: uvicorn on a loopback port, LocalStore or SeaweedFS S3."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from flows.intake import (
+    IntakeSettings,
+    create_app,
+    load_intake_settings,
+    post_comment,
+)
+from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
+from tasks.comments import SIGNATURE_HEADER, TIMESTAMP_HEADER, CommentLedger, sign
+from tasks.config import BrandConfig
+from tasks.errors import ConfigError, ZpipeError
+from tasks.storage import S3Store
+
+SECRET = "intake-test-secret-5f1c9a7e"
+BRANDS = {
+    slug: BrandConfig(slug=slug, name=name, style={"zh": "暖色胶片", "en": "warm film"},
+                      producer={"name": name, "id": "91310000TEST0001X"},
+                      replies={"max_chars": 60, "blocklist": ["加微信", "代购"]})
+    for slug, name in (("demo", "Dawnlight Coffee"), ("tea", "Misty Tea"))
+}
+
+
+class Recorder:
+    """An event emitter that records its calls (or fails, while `fail` is set)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def __call__(self, **event: Any) -> None:
+        if self.fail:
+            raise ConnectionError("prefect is down")
+        with self._lock:
+            self.events.append(event)
+
+
+@dataclass
+class Running:
+    url: str
+    app: FastAPI
+    emitted: Recorder
+    ledger: CommentLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = self.app.state.intake.ledger
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Run `app` with uvicorn in a thread (in this context: Prefect settings carry over)."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(server.run,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture()
+def start_intake(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Start intakes (LocalStore by default) for one test; all stop when it ends."""
+    with ExitStack() as stack:
+
+        def start(store_url: str | None = None, emit: Any = "record", **overrides: Any) -> Running:
+            recorder = Recorder()
+            settings = IntakeSettings(
+                secret=SECRET, store_url=store_url or str(tmp_path / "store"), brands=BRANDS,
+                emit=recorder if emit == "record" else emit, **overrides,
+            )
+            app = create_app(settings)
+            return Running(url=stack.enter_context(serving(app)), app=app, emitted=recorder)
+
+        yield start
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store_url(request, tmp_path) -> str:
+    """A store URL of each kind; S3 credentials come from the environment."""
+    if request.param == "local":
+        return f"file://{tmp_path}/store"
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{bucket}/zpipe"
+
+
+def comment(cid: str = "c1", author: str = "ann", text: str = "想要一张秋天咖啡馆的拿铁海报",
+            brand: str = "demo") -> dict[str, str]:
+    return {"id": cid, "author": author, "text": text, "post_id": "post-42", "brand": brand}
+
+
+def signed_post(url: str, body: bytes, secret: str = SECRET, timestamp: int | None = None,
+                **kwargs: Any) -> httpx.Response:
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret.encode(), stamp, body),
+               "Content-Type": "application/json"}
+    return httpx.post(f"{url}/v1/comments", content=body, headers=headers, timeout=30, **kwargs)
+
+
+# --- accepted comments -----------------------------------------------------------------
+
+
+def test_valid_comment_is_queued_and_emitted(start_intake, store_url):
+    run = start_intake(store_url)
+    r = post_comment(run.url, SECRET, comment("c1", text="想要一张\u200b秋天咖啡馆的拿铁海报 latte"))
+    assert r.status_code == 202, r.text
+    assert r.json() == {"id": "c1", "state": "queued", "reason": None, "status_url": "/v1/comments/c1"}
+    assert run.emitted.events == [{
+        "event": COMMENT_EVENT,
+        "resource": {"prefect.resource.id": COMMENT_RESOURCE_PREFIX + "c1"},
+        "payload": {"id": "c1", "brand": "demo"},  # ids only: the flow reads the text from the ledger
+    }]
+    record = run.ledger.get("c1")
+    assert record.state == "queued" and record.text == "想要一张秋天咖啡馆的拿铁海报 latte"
+    assert {"咖啡馆", "海报", "latte"} <= set(record.keywords)
+    status = httpx.get(run.url + r.json()["status_url"])
+    assert status.status_code == 200
+    assert status.json() == {"id": "c1", "state": "queued", "image_url": None, "flow_run_id": None,
+                             "reason": None}
+
+
+def test_same_id_with_a_new_signature_is_a_dedupe(start_intake):
+    run = start_intake()
+    now = int(time.time())
+    first = post_comment(run.url, SECRET, comment("dup"), timestamp=now)
+    again = post_comment(run.url, SECRET, comment("dup"), timestamp=now - 1)
+    changed = post_comment(run.url, SECRET, comment("dup", text="另一段文字"), timestamp=now - 2)
+    assert first.status_code == 202
+    assert again.status_code == changed.status_code == 200
+    assert again.json() == changed.json() == {**first.json(), "state": "queued"}
+    assert len(run.emitted.events) == 1
+    assert run.app.state.intake.store.list("_comments/") == ["_comments/dup.json"]
+
+
+def test_concurrent_posts_of_one_id_queue_once(start_intake, store_url):
+    run = start_intake(store_url)
+    now = int(time.time())
+    barrier = threading.Barrier(6)
+    answers: list[httpx.Response] = []
+
+    def send(n: int) -> None:
+        barrier.wait()
+        answers.append(post_comment(run.url, SECRET, comment("race", author=f"a{n}"), timestamp=now - n))
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] * 5 + [202], [(r.status_code, r.text) for r in answers]
+    assert {r.json()["state"] for r in answers} == {"queued"}
+    assert len(run.emitted.events) == 1
+
+
+# --- authentication --------------------------------------------------------------------
+
+
+def test_bad_signatures_are_401(start_intake):
+    run = start_intake()
+    body = json.dumps(comment("sig")).encode()
+    now = int(time.time())
+    cases = {
+        "missing": httpx.post(f"{run.url}/v1/comments", content=body),
+        "mismatch": signed_post(run.url, body, secret="not-the-secret-at-all"),
+        "stale": signed_post(run.url, body, timestamp=now - 400),
+        "in the future": signed_post(run.url, body, timestamp=now + 400),
+        "malformed": httpx.post(f"{run.url}/v1/comments", content=body,
+                                headers={TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: "md5=123"}),
+    }
+    tampered = {TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: sign(SECRET.encode(), str(now), body)}
+    cases["tampered"] = httpx.post(f"{run.url}/v1/comments", content=body.replace(b"ann", b"bob"),
+                                   headers=tampered)
+    for words, r in cases.items():
+        assert r.status_code == 401, (words, r.text)
+        detail = r.json()["detail"]
+        assert detail.startswith("invalid signature"), detail
+        assert (words if words != "tampered" else "mismatch") in detail
+        assert SECRET not in r.text
+    assert run.ledger.get("sig") is None
+    assert run.emitted.events == []
+
+
+def test_replayed_signature_is_401(start_intake):
+    run = start_intake()
+    now = int(time.time())
+    first = post_comment(run.url, SECRET, comment("rep"), timestamp=now)
+    replay = post_comment(run.url, SECRET, comment("rep"), timestamp=now)  # byte-identical request
+    assert first.status_code == 202
+    assert replay.status_code == 401 and "replayed" in replay.json()["detail"]
+    assert len(run.emitted.events) == 1
+
+
+# --- limits ----------------------------------------------------------------------------
+
+
+def test_author_flood_is_429_with_retry_after(start_intake):
+    run = start_intake(per_author_per_minute=3)
+    codes = [post_comment(run.url, SECRET, comment(f"f{n}", author="flood")).status_code
+             for n in range(3)]
+    assert codes == [202] * 3
+    blocked = post_comment(run.url, SECRET, comment("f3", author="flood"))
+    assert blocked.status_code == 429
+    assert 1 <= int(blocked.headers["Retry-After"]) <= 60
+    assert "flood" in blocked.json()["detail"] and "3 comments per minute" in blocked.json()["detail"]
+    assert run.ledger.get("f3") is None
+    assert post_comment(run.url, SECRET, comment("other", author="calm")).status_code == 202
+    assert len(run.emitted.events) == 4
+
+
+def test_overall_limit_is_429(start_intake):
+    run = start_intake(per_author_per_minute=100, overall_per_minute=4)
+    codes = [post_comment(run.url, SECRET, comment(f"o{n}", author=f"user{n}")).status_code
+             for n in range(5)]
+    assert codes == [202] * 4 + [429]
+    r = post_comment(run.url, SECRET, comment("o9", author="someone-new", brand="tea"))
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert "at most 4 comments per minute" in r.json()["detail"]
+
+
+# --- moderation ------------------------------------------------------------------------
+
+
+def test_blocklisted_comment_is_rejected_without_event(start_intake):
+    run = start_intake()
+    now = int(time.time())
+    r = post_comment(run.url, SECRET, comment("bad", text="想要优惠请 加 微 信 哦"), timestamp=now)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["state"] == "rejected" and "加微信" in body["reason"]
+    assert body["status_url"] == "/v1/comments/bad"
+    assert run.emitted.events == []
+    status = httpx.get(f"{run.url}/v1/comments/bad").json()
+    assert status["state"] == "rejected" and status["reason"] == body["reason"]
+    again = post_comment(run.url, SECRET, comment("bad", text="想要优惠请 加 微 信 哦"),
+                         timestamp=now - 1)
+    assert (again.status_code, again.json()) == (200, body)
+
+
+def test_overlong_comment_is_rejected(start_intake):
+    run = start_intake()
+    r = post_comment(run.url, SECRET, comment("long", text="好" * 61))
+    assert r.status_code == 200
+    assert r.json()["state"] == "rejected"
+    assert "61" in r.json()["reason"] and "60" in r.json()["reason"]
+    assert run.emitted.events == []
+
+
+# --- request errors --------------------------------------------------------------------
+
+
+def test_unknown_brand_is_404_listing_known(start_intake):
+    run = start_intake()
+    r = post_comment(run.url, SECRET, comment("nb", brand="nope"))
+    assert r.status_code == 404
+    assert "'nope'" in r.json()["detail"] and "demo, tea" in r.json()["detail"]
+
+
+def test_malformed_body_is_422_naming_the_field(start_intake):
+    run = start_intake()
+    bad_json = signed_post(run.url, b'{"id": "x", not json')
+    assert bad_json.status_code == 422
+    assert bad_json.json()["detail"][0]["type"] == "json_invalid"
+    missing = dict(comment("m1"))
+    del missing["author"]
+    r = signed_post(run.url, json.dumps(missing).encode(), timestamp=int(time.time()) - 1)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "author"]
+    r = signed_post(run.url, json.dumps(comment("no/slash")).encode(), timestamp=int(time.time()) - 2)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "id"]
+    r = signed_post(run.url, json.dumps({**comment("m2"), "extra": 1}).encode())
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "extra"]
+    r = signed_post(run.url, b"\xff\xfe\x00", timestamp=int(time.time()) - 3)
+    assert r.status_code == 422
+    assert run.emitted.events == []
+
+
+def test_oversized_body_is_413(start_intake):
+    run = start_intake()
+    big = json.dumps(comment("big", text="好" * 30000)).encode()  # ~90 KB of UTF-8
+    now = int(time.time())
+    assert signed_post(run.url, big, timestamp=now).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap applies while reading
+        for start in range(0, len(big), 8192):
+            yield big[start:start + 8192]
+
+    stamp = str(now - 1)
+    r = httpx.post(f"{run.url}/v1/comments", content=chunks(),
+                   headers={TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(SECRET.encode(), stamp, big)})
+    assert r.status_code == 413
+    assert run.ledger.get("big") is None
+
+
+# --- status, docs, health --------------------------------------------------------------
+
+
+def test_status_of_unknown_comment_is_404(start_intake):
+    run = start_intake()
+    r = httpx.get(f"{run.url}/v1/comments/never-seen")
+    assert r.status_code == 404 and "never-seen" in r.json()["detail"]
+    assert httpx.get(f"{run.url}/v1/comments/bad%20id").status_code == 422
+
+
+@pytest.mark.s3
+def test_done_comment_has_a_downloadable_image_url(start_intake, s3_server, s3_bucket, monkeypatch):
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    run = start_intake(f"s3://{s3_bucket}/zpipe")
+    assert post_comment(run.url, SECRET, comment("img")).status_code == 202
+    image = b"\x89PNG\r\n\x1a\n" + uuid.uuid4().bytes
+    store = S3Store(s3_bucket, prefix="zpipe")
+    store.put("demo/replies/img.png", image, "image/png")
+    run.ledger.update("img", state="done", image_key="demo/replies/img.png", flow_run_id="run-7")
+    status = httpx.get(f"{run.url}/v1/comments/img").json()
+    assert status["state"] == "done" and status["flow_run_id"] == "run-7"
+    assert status["image_url"].startswith(s3_server.endpoint_url)
+    download = httpx.get(status["image_url"])
+    assert download.status_code == 200 and download.content == image
+
+
+def test_docs_and_health(start_intake):
+    run = start_intake()
+    assert httpx.get(f"{run.url}/healthz").json() == {"ok": True}
+    assert httpx.get(f"{run.url}/docs").status_code == 200
+    spec = httpx.get(f"{run.url}/openapi.json").json()
+    assert spec["info"]["title"] == "zpipe comment intake"
+    post = spec["paths"]["/v1/comments"]["post"]
+    assert "X-Zpipe-Signature" in post["description"] and "HMAC-SHA256" in post["description"]
+    assert "author" in post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+
+# --- emit failures ---------------------------------------------------------------------
+
+
+def test_emit_failure_is_503_and_a_resend_queues_it(start_intake):
+    run = start_intake()
+    run.emitted.fail = True
+    now = int(time.time())
+    r = post_comment(run.url, SECRET, comment("e1"), timestamp=now)
+    assert r.status_code == 503 and "not queued" in r.json()["detail"]
+    record = run.ledger.get("e1")
+    assert record.state == "failed" and "event not emitted" in record.reason
+    assert httpx.get(f"{run.url}/v1/comments/e1").json()["state"] == "failed"
+
+    run.emitted.fail = False
+    r = post_comment(run.url, SECRET, comment("e1"), timestamp=now - 1)
+    assert r.status_code == 202 and r.json()["state"] == "queued"
+    assert run.ledger.get("e1").reason is None
+    assert len(run.emitted.events) == 1
+    again = post_comment(run.url, SECRET, comment("e1"), timestamp=now - 2)
+    assert again.status_code == 200 and len(run.emitted.events) == 1
+
+
+# --- end to end with Prefect -----------------------------------------------------------
+
+
+def test_event_reaches_the_prefect_server(prefect_api, start_intake):
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    run = start_intake(emit=None)  # the default: prefect.events.emit_event
+    cid = "e2e-" + uuid.uuid4().hex[:10]
+    assert post_comment(run.url, SECRET, comment(cid)).status_code == 202
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(limit=10, filter=EventFilter(
+                event=EventNameFilter(name=[COMMENT_EVENT]),
+                resource=EventResourceFilter(id=[COMMENT_RESOURCE_PREFIX + cid]),
+            ))
+            if page.events:
+                break
+            assert time.monotonic() < deadline, "the event never reached the Prefect server"
+            time.sleep(0.3)
+    assert len(page.events) == 1
+    assert page.events[0].payload == {"id": cid, "brand": "demo"}
+
+
+def test_default_emitter_needs_prefect_api_url(tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    settings = IntakeSettings(secret=SECRET, store_url=str(tmp_path), brands=BRANDS)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), \
+            pytest.raises(ZpipeError, match="PREFECT_API_URL"):
+        create_app(settings)
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def _brand_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "brands"
+    folder.mkdir()
+    (folder / "demo.yaml").write_text(Path("configs/brands/demo.yaml").read_text(encoding="utf-8"),
+                                      encoding="utf-8")
+    (folder / "settings.yaml").write_text("kind: settings\n", encoding="utf-8")
+    return folder
+
+
+def test_load_intake_settings_from_env_and_file(tmp_path, monkeypatch):
+    folder = _brand_dir(tmp_path)
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET_FILE", raising=False)
+    monkeypatch.setenv("ZPIPE_INTAKE_SECRET", SECRET)
+    settings = load_intake_settings(folder, "s3://bucket/zpipe")
+    assert list(settings.brands) == ["demo"]  # the settings file is not a brand: skipped
+    assert settings.brands["demo"].replies.blocklist
+    assert settings.secret.get_secret_value() == SECRET and SECRET not in repr(settings)
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "-from-file\n", encoding="utf-8")
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET")
+    monkeypatch.setenv("ZPIPE_INTAKE_SECRET_FILE", str(secret_file))
+    assert load_intake_settings(folder, "x").secret.get_secret_value() == SECRET + "-from-file"
+
+
+def test_load_intake_settings_errors(tmp_path, monkeypatch):
+    folder = _brand_dir(tmp_path)
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET", raising=False)
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET_FILE", raising=False)
+    with pytest.raises(ConfigError, match=r"ZPIPE_INTAKE_SECRET.*not set.*token_hex"):
+        load_intake_settings(folder, "x")
+    monkeypatch.setenv("ZPIPE_INTAKE_SECRET", "short-secret")
+    with pytest.raises(ConfigError, match="too short") as info:
+        load_intake_settings(folder, "x")
+    assert "short-secret" not in str(info.value)
+    monkeypatch.setenv("ZPIPE_INTAKE_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="both"):
+        load_intake_settings(folder, "x")
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET")
+    with pytest.raises(ConfigError, match="cannot read the intake secret"):
+        load_intake_settings(folder, "x")
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET_FILE")
+    monkeypatch.setenv("ZPIPE_INTAKE_SECRET", SECRET)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no brand YAML"):
+        load_intake_settings(empty, "x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        load_intake_settings(tmp_path / "nowhere", "x")
