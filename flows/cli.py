@@ -219,5 +219,15 @@ def intake(
         raise _fail(exc) from None
 
 
+def _register_stack_commands() -> None:
+    from flows import stack
+
+    app.command("up")(stack.up_command)
+    app.command("status")(stack.status_command)
+    app.command("down")(stack.down_command)
+
+
+_register_stack_commands()
+
 if __name__ == "__main__":
     app()

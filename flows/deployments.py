@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.schedules import Cron
 
@@ -24,6 +24,9 @@ from flows.trends import ingest_trends_flow
 from tasks.config import load_campaign
 
 TRENDS_CRON = "0 * * * *"  # hourly: hot lists move within hours
+# Runs import flows as `flows.campaign` etc. (not by file path), so task workers that receive
+# the run's context can import the same modules.
+MODULE = EntrypointType.MODULE_PATH
 COMMENT_DEPLOYMENT = "on-comment"
 
 
@@ -43,19 +46,19 @@ def build_deployments(campaigns_dir: Path, brands_dir: Path,
         tags = [f"brand:{bundle.brand.slug}", f"campaign:{campaign.name}"]
         if campaign.schedule is not None:
             deployments.append(weekly_campaign.to_deployment(
-                name=campaign.name,
+                name=campaign.name, entrypoint_type=MODULE,
                 schedules=[Cron(campaign.schedule.cron, timezone=campaign.schedule.timezone)],
                 parameters={"campaign": str(path), **settings_param},
                 description=f"{campaign.name}: one week of images for {bundle.brand.name}",
                 tags=tags))
         if campaign.trends.sources:
             deployments.append(ingest_trends_flow.to_deployment(
-                name=f"{campaign.name}-hourly",
+                name=f"{campaign.name}-hourly", entrypoint_type=MODULE,
                 schedules=[Cron(TRENDS_CRON, timezone=campaign.timezone)],
                 parameters={"campaign": str(path), **settings_param},
                 description=f"hourly trend pull for {campaign.name}", tags=tags))
     deployments.append(comment_reply.to_deployment(
-        name=COMMENT_DEPLOYMENT,
+        name=COMMENT_DEPLOYMENT, entrypoint_type=MODULE,
         triggers=[DeploymentEventTrigger(
             name="comment received",
             expect={COMMENT_EVENT},

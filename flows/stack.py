@@ -625,6 +625,9 @@ def _check_commands(specs: Sequence[ProcessSpec], fields: Mapping[str, Any]) -> 
 def _check_ports(specs: Sequence[ProcessSpec], running: set[str], recorded: Mapping[str, Any],
                  config: Mapping[str, Any]) -> None:
     """Every port of a process to start must be free; running ones must keep theirs."""
+    ports = config["ports"]
+    if len(set(ports.values())) != len(ports):
+        raise StackConfigError(f"the stack's ports must differ (got {ports})")
     recorded_ports = {e["name"]: e.get("port") for e in recorded.get("processes", [])}
     for spec in specs:
         if not spec.port:
@@ -645,6 +648,7 @@ def _check_ports(specs: Sequence[ProcessSpec], running: set[str], recorded: Mapp
 def _pick_weed_ports(config: dict[str, Any], s3_running: bool) -> None:
     recorded = config["weed_ports"]
     complete = all(isinstance(recorded.get(n), int) for n in WEED_INTERNAL_PORTS)
+    complete = complete and not set(recorded.values()) & set(config["ports"].values())
     if complete and (s3_running or not any(_port_in_use(recorded[n]) for n in WEED_INTERNAL_PORTS)):
         return
     fresh = _free_ports(len(WEED_INTERNAL_PORTS), avoid=set(config["ports"].values()))

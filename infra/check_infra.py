@@ -133,6 +133,9 @@ def check_prefect_yaml(path: Path, doc: dict[str, Any]) -> list[str]:
             if names["COMMENT_EVENT"] not in (trigger.get("expect") or []):
                 problems.append(f"{label}: trigger {i} does not expect {names['COMMENT_EVENT']!r}")
             trigger_params |= set(trigger.get("parameters") or {})
+        if ":" in deployment.entrypoint:
+            problems.append(f"{label}: entrypoint {deployment.entrypoint} is a file path; use the module "
+                            "path (flows.x.func): task workers cannot import a flow file loaded by path")
         fn, flow_name, problem = _flow_function(deployment.entrypoint)
         if problem:
             problems.append(f"{label}: {problem}")

@@ -290,6 +290,12 @@ def test_busy_port_is_refused_before_anything_starts(running: Running, tmp_path:
                  processes=_table())
     assert not list((tmp_path / "run").glob("*.pid"))
 
+    # a running process keeps its port until `down`; two roles never share one
+    with pytest.raises(stack.StackConfigError, match="run `zpipe down` before changing its port"):
+        stack.up(running.home, prefect_port=prefect, processes=_table())
+    with pytest.raises(stack.StackConfigError, match="ports must differ"):
+        stack.up(tmp_path, prefect_port=prefect, s3_port=prefect, intake_port=s3, processes=_table())
+
 
 def test_down_stops_everything_and_is_idempotent(running: Running) -> None:
     pids = running.pids()
@@ -367,6 +373,20 @@ def test_status_without_a_stack(tmp_path: Path) -> None:
     assert {p["state"] for p in doc["processes"].values()} == {"stopped"}
     with pytest.raises(stack.StackError, match="run `zpipe up` first"):
         stack.stack_env(tmp_path)
+
+
+def test_a_process_that_dies_while_starting_is_reported_with_its_log(tmp_path: Path) -> None:
+    crash = stack.ProcessSpec("worker", ("{python}", "-c", "import sys; print('no GPU here'); sys.exit(3)"),
+                              ready="alive", env_kind="app")
+    with pytest.raises(stack.StackError, match=r"worker exited while starting(.|\n)*no GPU here") as info:
+        stack.up(tmp_path, processes=(crash,))
+    assert info.value.exit_code == 1 and str(tmp_path / "logs" / "worker.log") in str(info.value)
+    assert stack.status(tmp_path).processes["worker"].state == "stopped"
+    assert not (tmp_path / "run" / "worker.pid").exists()
+
+    missing = replace(crash, argv=("/nonexistent/zpipe", "worker"))
+    with pytest.raises(stack.StackConfigError, match="/nonexistent/zpipe is not an executable"):
+        stack.up(tmp_path, processes=(missing,))
 
 
 def test_http_readiness_needs_a_port() -> None:
