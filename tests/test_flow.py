@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flows.campaign import weekly_campaign
@@ -40,6 +42,23 @@ def test_weekly_campaign_local_store(prefect_api, zpipe_cache, tmp_path):
     store = LocalStore(tmp_path / "out")
     summary = _run(f"file://{tmp_path / 'out'}")
     _check_week(store, summary)
+
+    # the Prefect UI shows a table of every image, a gallery and a finished progress bar
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_latest_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["weekly-demo-images", "weekly-demo-gallery",
+                                        "weekly-demo-2026-w48-progress"])))}
+    assert artifacts["weekly-demo-images"].type == "table"
+    table = artifacts["weekly-demo-images"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert {row["key"] for row in table} == set(summary.created)
+    assert {"day", "format", "prompt", "seed", "key", "generate_s"} <= set(table[0])
+    gallery = artifacts["weekly-demo-gallery"].data
+    assert gallery.count("![") == DAYS * FORMATS
+    assert float(artifacts["weekly-demo-2026-w48-progress"].data) == 100.0
 
     # a second run of the same week adds nothing and rewrites nothing
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
