@@ -219,15 +219,17 @@ def intake(
         raise _fail(exc) from None
 
 
-def _register_stack_commands() -> None:
+def _register_subcommands() -> None:
     from flows import stack
+    from flows.trends_cli import trends_app
 
     app.command("up")(stack.up_command)
     app.command("status")(stack.status_command)
     app.command("down")(stack.down_command)
+    app.add_typer(trends_app, name="trends", help="Pull, rank and filter trend sources.")
 
 
-_register_stack_commands()
+_register_subcommands()
 
 if __name__ == "__main__":
     app()

@@ -11,6 +11,7 @@ from zengine.engine import (
     ModelSource,
     TurboEngine,
 )
+from zengine.lora import LoraSpec, build_tiny_lora
 from zengine.seeds import derive_seed
 from zengine.sizes import SIZE_PRESETS, size_for
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, build_tiny_pipeline, ensure_tiny_model
@@ -22,8 +23,10 @@ __all__ = [
     "Z_IMAGE_TURBO",
     "GenerationRequest",
     "GenerationResult",
+    "LoraSpec",
     "ModelSource",
     "TurboEngine",
+    "build_tiny_lora",
     "build_tiny_pipeline",
     "derive_seed",
     "ensure_tiny_model",

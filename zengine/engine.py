@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zengine.lora import LoraSpec
+
 from zengine._imports import import_model_libraries
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
@@ -115,6 +117,7 @@ class GenerationRequest:
     seed: int
     steps: int = 8  # Turbo is distilled to 8 steps (= 8 transformer forwards in diffusers 0.42.1)
     guidance_scale: float = 0.0  # Turbo is guidance-distilled: CFG off, negative prompts unused
+    loras: tuple[LoraSpec, ...] = ()  # brand style adapters active for this image
 
 
 @dataclass
@@ -184,6 +187,7 @@ class TurboEngine:
         self.load_s: float | None = None
         self._pipe: ZImagePipeline | None = None
         self._lock = threading.Lock()
+        self._loaded_loras: set[str] = set()
 
     @property
     def loaded(self) -> bool:
@@ -346,9 +350,10 @@ class TurboEngine:
                     self._validate_tokens(request, pipe)
 
             # 3. Group compatible requests and split the groups into batches.
-            groups: dict[tuple[int, int, int, float], list[int]] = {}
+            groups: dict[tuple, list[int]] = {}
             for index, r in enumerate(requests):
-                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale), []).append(index)
+                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale, r.loras),
+                                  []).append(index)
             batches = [
                 indices[i : i + self.max_batch]
                 for indices in groups.values()
@@ -361,10 +366,31 @@ class TurboEngine:
             with torch.inference_mode():
                 for batch in batches:
                     chunk = [requests[i] for i in batch]
+                    self._activate_loras(pipe, chunk[0].loras)
                     made = self._run_batch(pipe, chunk, progress)
                     for index, result in zip(batch, made, strict=True):
                         results[index] = result
         return [r for r in results if r is not None]
+
+    def _activate_loras(self, pipe: ZImagePipeline, loras: tuple[LoraSpec, ...]) -> None:
+        """Load each adapter once (kept loaded), then make exactly `loras` active."""
+        for spec in loras:
+            if spec.adapter_name not in self._loaded_loras:
+                path = Path(spec.path).expanduser()
+                if not path.exists():
+                    raise ValueError(f"LoRA not found: {spec.path!r}; give a local .safetensors "
+                                     "file or a directory saved with save_lora_weights.")
+                try:
+                    pipe.load_lora_weights(str(path), adapter_name=spec.adapter_name)
+                except ImportError as exc:
+                    raise ImportError("LoRA adapters need peft: pip install peft") from exc
+                self._loaded_loras.add(spec.adapter_name)
+        if loras:
+            pipe.enable_lora()
+            pipe.set_adapters([s.adapter_name for s in loras],
+                              adapter_weights=[s.weight for s in loras])
+        elif self._loaded_loras:
+            pipe.disable_lora()
 
     def _run_batch(
         self, pipe: ZImagePipeline, chunk: list[GenerationRequest], progress: _Progress
