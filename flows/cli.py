@@ -221,12 +221,14 @@ def intake(
 
 def _register_subcommands() -> None:
     from flows import stack
+    from flows.preview import prompts_app
     from flows.trends_cli import trends_app
 
     app.command("up")(stack.up_command)
     app.command("status")(stack.status_command)
     app.command("down")(stack.down_command)
     app.add_typer(trends_app, name="trends", help="Pull, rank and filter trend sources.")
+    app.add_typer(prompts_app, name="prompts", help="Preview the prompts a week would generate.")
 
 
 _register_subcommands()

@@ -18,14 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.errors import ConfigError
-from tasks.prompts import PromptLibrary
-from tasks.trends import TrendSource
+from tasks.overlay import HeadlineStyle
+from tasks.prompts import BilingualText, PromptLibrary, PromptTemplate
+from tasks.rules import Rule
+from tasks.trends import SourceFile, TrendSource
 from tasks.watermark import LabelSpec, LogoSpec, OutputSpec
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FORMATS = ("1:1", "4:5", "3:4", "9:16", "16:9")  # the engine's size presets (zengine.SIZE_PRESETS)
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # usable as `brand.fragments.<name>` in templates
+STANDARD_AXES = ("composition", "lighting", "palette", "copy")
+COLOUR_TABLE = "colours"  # the mapping table that day themes' `colour:` codes are looked up in
 
 Slug = Annotated[str, Field(pattern=SLUG.pattern, description="lower-case letters, digits, '-'")]
 
@@ -44,9 +49,11 @@ class Producer(Strict):
     id: str = Field(min_length=1, description="organisation code written as ContentProducer")
 
 
-class BilingualText(Strict):
-    zh: str = Field(min_length=1)
-    en: str = Field(min_length=1)
+def _check_names(what: str, names: Any) -> None:
+    for name in names:
+        if not NAME.match(str(name)):
+            raise ValueError(f"{what} name {name!r} must be lower-case letters, digits and '_', "
+                             "starting with a letter (templates read it as a.<name>)")
 
 
 class ReplyPolicy(Strict):
@@ -80,6 +87,27 @@ class BrandConfig(Strict):
     label: LabelSpec = Field(default_factory=LabelSpec)
     producer: Producer
     replies: ReplyPolicy = Field(default_factory=ReplyPolicy)
+    fragments: dict[str, BilingualText] = Field(
+        default_factory=dict, description="named {zh, en} style snippets: brand.fragments.<name>")
+    mappings: dict[str, dict[str, BilingualText]] = Field(
+        default_factory=dict, description="table -> code -> {zh, en}, e.g. colours.R01")
+    headline: HeadlineStyle = Field(default_factory=HeadlineStyle,
+                                    description="how headline overlays are typeset")
+
+    @field_validator("fragments")
+    @classmethod
+    def _fragment_names(cls, value: dict[str, BilingualText]) -> dict[str, BilingualText]:
+        _check_names("fragment", value)
+        return value
+
+    @field_validator("mappings")
+    @classmethod
+    def _table_names(cls, value: dict[str, dict[str, BilingualText]]) -> dict[str, dict[str, BilingualText]]:
+        _check_names("mapping table", value)
+        for table, codes in value.items():
+            if not codes:
+                raise ValueError(f"mapping table {table!r} is empty; add codes or remove it")
+        return value
 
     @field_validator("colours")
     @classmethod
@@ -122,6 +150,56 @@ class Schedule(Strict):
         return _check_timezone(value)
 
 
+class DayTheme(BilingualText):
+    """A day's theme, optionally with its own copy and a product colour code."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    copy_text: BilingualText | None = Field(default=None, alias="copy",
+                                            description="in-image copy for the day")
+    colour: str | None = Field(default=None, description="a code in the brand's mappings.colours")
+
+
+def _as_bilingual(value: Any) -> Any:
+    return {"zh": value, "en": value} if isinstance(value, str) else value
+
+
+class VariantsConfig(Strict):
+    """A/B variants: `count` images per day x format; variant i takes the i-th value of each axis.
+
+    Each axis is a list of {zh, en} values (or plain strings, used for both languages); the
+    values cycle when an axis has fewer than `count`. Axis values are the template variable
+    `axes.<name>`; `copy` values become the image's copy.
+    """
+
+    count: int = Field(default=1, ge=1, le=16)
+    axes: dict[str, list[BilingualText]] = Field(default_factory=dict)
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _strings_are_bilingual(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: [_as_bilingual(v) for v in values] if isinstance(values, list) else values
+                    for name, values in value.items()}
+        return value
+
+    @field_validator("axes")
+    @classmethod
+    def _distinct_values(cls, value: dict[str, list[BilingualText]]) -> dict[str, list[BilingualText]]:
+        _check_names("axis", value)
+        for name, values in value.items():
+            if not values:
+                raise ValueError(f"axis {name!r} has no values; list at least one")
+            seen = [(v.zh, v.en) for v in values]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"axis {name!r} repeats a value: variants would not differ on it")
+        return value
+
+    def axes_for(self, variant: int) -> dict[str, BilingualText]:
+        """The axis values of 1-based `variant` (cycling through each axis)."""
+        return {name: values[(variant - 1) % len(values)] for name, values in self.axes.items()}
+
+
 def _check_timezone(value: str) -> str:
     try:
         ZoneInfo(value)
@@ -139,10 +217,12 @@ class CampaignConfig(Strict):
     language: Literal["zh", "en", "bilingual"] = "bilingual"
     timezone: str = "Asia/Shanghai"
     formats: list[str] = Field(min_length=1)
-    variants: int = Field(default=1, ge=1, le=16)
+    variants: VariantsConfig = Field(default_factory=VariantsConfig,
+                                     description="an int, or {count, axes}")
     output: OutputSpec = Field(default_factory=OutputSpec)
     trends: TrendsConfig = Field(default_factory=TrendsConfig)
-    days: dict[str, BilingualText] = Field(min_length=1, description="weekday -> theme")
+    days: dict[str, DayTheme] = Field(min_length=1, description="weekday -> theme")
+    rules: list[Rule] = Field(default_factory=list, description="applied in order to every image")
     schedule: Schedule | None = Field(default=None, description="run by itself (zpipe serve)")
     approval: Literal["none", "required"] = "none"
     approval_timeout_s: int = Field(default=86400, ge=10, description="unanswered -> rejected")
@@ -157,9 +237,28 @@ class CampaignConfig(Strict):
             raise ValueError(f"formats repeat an entry: {value}")
         return value
 
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _count_alone(cls, value: Any) -> Any:
+        return {"count": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_well_formed(cls, value: list[Rule]) -> list[Rule]:
+        names = [rule.name for rule in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"rule name {name!r} is used twice; names are recorded per image")
+        for rule in value:
+            for fmt in rule.when.format:
+                if fmt not in FORMATS:
+                    raise ValueError(f"rule {rule.name!r}: unknown format {fmt!r}; use one of "
+                                     f"{', '.join(FORMATS)}")
+        return value
+
     @field_validator("days")
     @classmethod
-    def _known_days(cls, value: dict[str, BilingualText]) -> dict[str, BilingualText]:
+    def _known_days(cls, value: dict[str, DayTheme]) -> dict[str, DayTheme]:
         for day in value:
             if day not in WEEKDAYS:
                 raise ValueError(f"unknown weekday {day!r}; use one of {', '.join(WEEKDAYS)}")
@@ -207,6 +306,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "campaign": CampaignConfig,
     "prompts": PromptLibrary,
     "settings": Settings,
+    "source": SourceFile,  # configs/sources/*.yaml: one trend source (tasks.trends.load_source)
 }
 
 
@@ -268,6 +368,10 @@ def load_config(path: str | Path, expect: str | None = None) -> BaseModel:
         load_campaign(path)  # a campaign is only valid with its brand and templates
     elif isinstance(model, BrandConfig):
         load_brand(path)  # ... and a brand with its logo, font and reply templates
+    elif isinstance(model, SourceFile):
+        from tasks.trends import load_source
+
+        load_source(path)  # ... and a trend source with its file
     return model
 
 
@@ -309,6 +413,7 @@ def load_campaign(path: str | Path) -> CampaignBundle:
         raise ConfigError(str(path), "template",
                           f"not in {prompts_path.name}; available: {', '.join(names)}",
                           campaign.template)
+    _check_references(path, campaign, brand, library, prompts_path.name)
 
     sources = []
     for i, source in enumerate(campaign.trends.sources):
@@ -323,6 +428,62 @@ def load_campaign(path: str | Path) -> CampaignBundle:
     trends = campaign.trends.model_copy(update={"sources": sources})
     campaign = campaign.model_copy(update={"trends": trends})
     return CampaignBundle(path=path, campaign=campaign, brand=brand, library=library)
+
+
+def _check_references(path: Path, campaign: CampaignConfig, brand: BrandConfig,
+                      library: PromptLibrary, library_name: str) -> None:
+    """What one file cannot check alone: templates, colour codes, copy slots and axes in use."""
+    # 1. Rules name templates that exist
+    for i, rule in enumerate(campaign.rules):
+        if rule.then.template is not None and rule.then.template not in library.names:
+            raise ConfigError(str(path), f"rules.{i}.then.template",
+                              f"rule {rule.name!r} names a template not in {library_name}; "
+                              f"available: {', '.join(library.names)}", rule.then.template)
+    main = library.get(campaign.template)
+    in_use = [main] + [library.get(r.then.template) for r in campaign.rules if r.then.template]
+
+    # 2. Day themes' colour codes are in the brand's colour table
+    colours = brand.mappings.get(COLOUR_TABLE, {})
+    for day, theme in campaign.days.items():
+        if theme.colour is not None and theme.colour not in colours:
+            known = ", ".join(colours) or f"none: add mappings.{COLOUR_TABLE} to the brand"
+            raise ConfigError(str(path), f"days.{day}.colour",
+                              f"not a code in the brand's mappings.{COLOUR_TABLE}; known: {known}",
+                              theme.colour)
+
+    # 3. Copy fits the template that will carry it, and that template has a copy slot
+    def check_copy(field: str, copy: BilingualText, template: PromptTemplate) -> None:
+        if not (template.uses("copy") or template.headline_overlay):
+            raise ConfigError(str(path), field, f"template {template.name!r} has no copy slot "
+                              "(it never reads `copy` and has no headline_overlay); use a template "
+                              "that does, or remove the copy", copy.zh)
+        for language in ("zh", "en"):
+            text, limit = getattr(copy, language), template.copy_limit(language)
+            if len(text) > limit:
+                raise ConfigError(str(path), f"{field}.{language}",
+                                  f"copy is {len(text)} characters; template {template.name!r} "
+                                  f"takes at most {limit}", text)
+
+    for i, rule in enumerate(campaign.rules):
+        if rule.then.copy_text is not None:
+            target = library.get(rule.then.template) if rule.then.template else main
+            check_copy(f"rules.{i}.then.copy", rule.then.copy_text, target)
+    for day, theme in campaign.days.items():
+        if theme.copy_text is not None:
+            check_copy(f"days.{day}.copy", theme.copy_text, main)
+    for j, value in enumerate(campaign.variants.axes.get("copy", [])):
+        check_copy(f"variants.axes.copy.{j}", value, main)
+
+    # 4. Every declared axis is read by every template the campaign may use
+    for name in campaign.variants.axes:
+        if name == "copy":
+            continue
+        for template in in_use:
+            if name not in template.attributes_used("axes"):
+                raise ConfigError(str(path), f"variants.axes.{name}",
+                                  f"template {template.name!r} never reads axes.{name}, so variants "
+                                  "would not differ on it; use a template that does (e.g. ab-poster) "
+                                  "or remove the axis", name)
 
 
 def load_brand(path: str | Path) -> BrandConfig:
@@ -340,6 +501,12 @@ def load_brand(path: str | Path) -> BrandConfig:
         if not font_path.is_file():
             raise ConfigError(str(path), "label.font", "font file not found", brand.label.font)
         brand = brand.model_copy(update={"label": brand.label.model_copy(update={"font": str(font_path)})})
+    if brand.headline.font is not None:
+        font_path = _resolve(path.parent, brand.headline.font)
+        if not font_path.is_file():
+            raise ConfigError(str(path), "headline.font", "font file not found", brand.headline.font)
+        brand = brand.model_copy(
+            update={"headline": brand.headline.model_copy(update={"font": str(font_path)})})
     prompts_path = _resolve(path.parent, brand.replies.prompts)
     if not prompts_path.is_file():
         raise ConfigError(str(path), "replies.prompts", "prompt library not found",

@@ -4,6 +4,13 @@ Everything about an image is decided here, before any model work: its prompt, se
 size and object key. The key ends in a hash of every input that changes the pixels or
 the labels, so the same week planned again gives the same keys, and a rerun finds its
 images already in the store.
+
+Per slot (day x format x variant), in order:
+1. the day's festivals (tasks.calendar) and trend;
+2. the campaign's rules (tasks.rules): template switch, prompt additions, copy, or skip;
+3. the variant's axis values (`variants.axes`, cycling) and the copy (rule > axis > day);
+4. the template rendered with all of it; with `headline_overlay` the copy is typeset later
+   (tasks.overlay) instead of being asked of the model.
 """
 
 from __future__ import annotations
@@ -12,13 +19,24 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import date, timedelta
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.config import WEEKDAYS, CampaignBundle, EngineSettings
-from tasks.prompts import RenderedPrompt, render_prompt
+from tasks.calendar import festivals_on
+from tasks.config import (
+    COLOUR_TABLE,
+    STANDARD_AXES,
+    WEEKDAYS,
+    BrandConfig,
+    CampaignBundle,
+    DayTheme,
+    EngineSettings,
+)
+from tasks.prompts import RenderedPrompt, copy_variable, render_prompt
+from tasks.rules import Slot, apply_rules, trend_tags
 from tasks.trends import Trend
 from tasks.watermark import OutputSpec
 from zengine import ModelSource, derive_seed, size_for
@@ -54,6 +72,11 @@ class ImageJob(BaseModel):
     revision: str
     content_id: str
     key: str
+    festivals: list[dict[str, str]] = Field(default_factory=list)  # {key, zh, en, kind, date}
+    rules: list[str] = Field(default_factory=list)  # names of the rules that fired, in order
+    variant_axes: dict[str, dict[str, str]] = Field(default_factory=dict)  # axis -> {zh, en}
+    copy_text: dict[str, str] | None = None  # the image's copy {zh, en}, as cleaned
+    overlay_lines: list[str] = Field(default_factory=list)  # typeset by tasks.overlay
 
     @property
     def sidecar_key(self) -> str:
@@ -68,6 +91,27 @@ def model_identity(engine: EngineSettings) -> tuple[str, str]:
     """(model id, revision) that the engine will report for these settings."""
     source = ModelSource(model=engine.model, revision=engine.revision)
     return source.model_id, source.revision_label
+
+
+class SkippedSlot(BaseModel):
+    """A day x format x variant that a rule with `skip: true` left out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weekday: str
+    date: date
+    format: str
+    variant: int
+    rules: list[str]  # the rules that fired; the last one skipped
+
+
+class WeekPlan(BaseModel):
+    """Every image of a week, and the slots that rules skipped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[ImageJob]
+    skipped: list[SkippedSlot] = Field(default_factory=list)
 
 
 def _content_id(fields: dict) -> str:
@@ -85,62 +129,139 @@ def plan_week(
     key_prefix: str = "",
 ) -> list[ImageJob]:
     """Render every prompt of the week and fix each image's seed, size and key."""
-    campaign, brand, template = bundle.campaign, bundle.brand, bundle.library.get(
-        bundle.campaign.template)
-    model_id, revision = model_identity(engine)
-    brand_vars = {
+    return plan_week_slots(bundle, week, monday, trends, engine, brand_fingerprint, key_prefix).jobs
+
+
+def brand_variables(brand: BrandConfig) -> dict[str, Any]:
+    """The `brand` template variable."""
+    return {
         "name": brand.name,
         "style_zh": brand.style.zh,
         "style_en": brand.style.en,
         "palette": list(brand.colours.values()),
+        "fragments": {name: text.model_dump() for name, text in brand.fragments.items()},
     }
-    jobs: list[ImageJob] = []
+
+
+def _theme_variable(theme: DayTheme, brand: BrandConfig) -> dict[str, Any]:
+    colour = None
+    if theme.colour is not None:  # the loader checked the code is in the table
+        colour = {"code": theme.colour,
+                  **brand.mappings[COLOUR_TABLE][theme.colour].model_dump()}
+    return {"zh": theme.zh, "en": theme.en, "colour": colour}
+
+
+def _trend_variable(trend: Trend | None) -> dict[str, Any] | None:
+    if trend is None:
+        return None
+    return {"title": trend.title, "source": trend.source, "score": trend.score,
+            "tags": trend_tags(trend)}
+
+
+def plan_week_slots(
+    bundle: CampaignBundle,
+    week: str,
+    monday: date,
+    trends: Sequence[Trend],
+    engine: EngineSettings,
+    brand_fingerprint: str,
+    key_prefix: str = "",
+) -> WeekPlan:
+    """Plan the week: one job per day x format x variant that no rule skipped."""
+    campaign, brand, library = bundle.campaign, bundle.brand, bundle.library
+    model_id, revision = model_identity(engine)
+    languages = ("zh", "en") if campaign.language == "bilingual" else (campaign.language,)
+    mapping = {table: {code: text.model_dump() for code, text in codes.items()}
+               for table, codes in brand.mappings.items()}
+    plan = WeekPlan(jobs=[])
     for index, weekday in enumerate(WEEKDAYS):
         theme = campaign.days.get(weekday)
         if theme is None:
             continue
+        # 1. The day: its date, festivals and trend
         day = monday + timedelta(days=index)
+        festivals = festivals_on(day)
         trend = trends[index % len(trends)] if trends else None
         for fmt in campaign.formats:
             width, height = size_for(fmt, engine.preview_scale)
-            for variant in range(1, campaign.variants + 1):
+            for variant in range(1, campaign.variants.count + 1):
+                # 2. Rules
+                slot = Slot(day=day, weekday=weekday, format=fmt, variant=variant,
+                            festivals=festivals, trend=trend)
+                outcome = apply_rules(campaign.rules, slot, campaign.template)
+                if outcome.skip:
+                    plan.skipped.append(SkippedSlot(weekday=weekday, date=day, format=fmt,
+                                                    variant=variant, rules=outcome.fired))
+                    continue
+                template = library.get(outcome.template)
+
+                # 3. Variant axes and copy
+                axes = campaign.variants.axes_for(variant)
+                copy = copy_variable(outcome.copy_text or axes.get("copy") or theme.copy_text,
+                                     template)
+                overlay = [copy[lang] for lang in languages
+                           if copy and template.headline_overlay and copy[lang]]
+
+                # 4. Render
                 variables = {
-                    "theme": {"zh": theme.zh, "en": theme.en},
-                    "brand": brand_vars,
+                    "theme": _theme_variable(theme, brand),
+                    "brand": brand_variables(brand),
                     "day": {"weekday": weekday, "date": day.isoformat(),
                             "weekday_zh": WEEKDAY_ZH[weekday], "weekday_en": WEEKDAY_EN[weekday]},
-                    "trend": None if trend is None else {
-                        "title": trend.title, "source": trend.source, "score": trend.score},
+                    "trend": _trend_variable(trend),
                     "format": fmt,
                     "variant": variant,
+                    "festivals": [f.as_variable() for f in festivals],
+                    "festival": festivals[0].as_variable() if festivals else None,
+                    "copy": None if overlay else copy,  # typeset text is not asked of the model
+                    "headline_overlay": bool(overlay),
+                    "axes": {name: None for name in STANDARD_AXES}
+                            | {name: value.model_dump() for name, value in axes.items()},
+                    "mapping": mapping,
                 }
-                prompt = render_prompt(template, variables, campaign.language)
+                prompt = render_prompt(template, variables, campaign.language, outcome.additions)
                 seed = derive_seed(campaign.name, day.isoformat(), fmt, variant)
-                content_id = _content_id({
+                fields = {
                     "prompt": prompt.text, "template": prompt.template, "version": prompt.version,
                     "seed": seed, "size": [width, height], "steps": TURBO_STEPS,
                     "model": model_id, "revision": revision,
                     "output": campaign.output.model_dump(), "brand": brand_fingerprint,
-                })
+                }
+                if overlay:  # only then: keys of images without an overlay stay as they were
+                    fields["overlay"] = {"lines": overlay, "style": brand.headline.model_dump()}
+                content_id = _content_id(fields)
                 key = (f"{key_prefix}{brand.slug}/{campaign.name}/{week}/{weekday}/"
                        f"{fmt.replace(':', 'x')}-v{variant}-{content_id}.{campaign.output.ext}")
-                jobs.append(ImageJob(
+                plan.jobs.append(ImageJob(
                     brand=brand.slug, campaign=campaign.name, week=week, weekday=weekday,
                     date=day, format=fmt, variant=variant, width=width, height=height,
                     seed=seed, steps=TURBO_STEPS, prompt=prompt,
                     trend=None if trend is None else trend.title, output=campaign.output,
                     model_id=model_id, revision=revision, content_id=content_id, key=key,
+                    festivals=variables["festivals"], rules=outcome.fired,
+                    variant_axes={name: value.model_dump() for name, value in axes.items()},
+                    copy_text=copy, overlay_lines=overlay,
                 ))
-    return jobs
+    return plan
 
 
 def brand_fingerprint(bundle: CampaignBundle) -> str:
-    """Hash of everything in the brand that changes the labelled bytes (incl. the logo file)."""
-    digest = hashlib.sha256(bundle.brand.model_dump_json(exclude={"logo"}).encode())
-    if bundle.brand.logo is not None:
-        digest.update(bundle.brand.logo.model_dump_json(exclude={"path"}).encode())
-        with open(bundle.brand.logo.path, "rb") as fh:
-            digest.update(hashlib.sha256(fh.read()).digest())
+    """Hash of everything in the brand that changes the labelled bytes (incl. the logo file).
+
+    Files count by content, never by path, so a config tree can move (another checkout, a
+    container) without changing any key. Fragments and mappings act through the prompt, the
+    headline style through the content id's overlay fields, replies not at all on campaigns.
+    """
+    brand = bundle.brand
+    exclude: dict[str, Any] = {"logo": True, "fragments": True, "mappings": True, "headline": True,
+                               "replies": True, "label": {"font"}}
+    digest = hashlib.sha256(brand.model_dump_json(exclude=exclude).encode())
+    for spec, path in ((brand.logo, brand.logo.path if brand.logo else None), (None, brand.label.font)):
+        if spec is not None:
+            digest.update(spec.model_dump_json(exclude={"path"}).encode())
+        if path is not None:
+            with open(path, "rb") as fh:
+                digest.update(hashlib.sha256(fh.read()).digest())
     return digest.hexdigest()[:16]
 
 

@@ -1,9 +1,18 @@
-"""Prompt templating: five-part Jinja2 templates (zh/en) rendered in a sandbox into prompts."""
+"""Prompt templating: five-part Jinja2 templates (zh/en) rendered in a sandbox into prompts.
+
+Besides the template text, a prompt can gain:
+- copy: short in-image text ({zh, en}), cleaned by `clean_copy` (no quotes, braces, line
+  breaks or control characters; at most the template's `copy_max_chars`) and quoted by the
+  `quoted` filter, so that it can never break the prompt or the template;
+- additions: prompt elements appended to one of the five parts after rendering (campaign
+  rules: "红灯笼" on 春节), data only, never template code.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -64,6 +73,20 @@ _COLOUR_NAMES = (
 _HEX_COLOUR = re.compile(r"^#([0-9a-fA-F]{6})$")
 _UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
 
+# Characters that copy may not carry into a prompt: quotes of every script (they would end
+# the quoted headline early), braces (template-looking text), backslashes and backticks.
+_COPY_STRIP = re.compile(r"[\"'`´“”„‟‘’‚‛＂＇「」『』〝〞{}\\]")
+QUOTES = {"zh": ("“", "”"), "en": ('"', '"')}
+
+
+class BilingualText(BaseModel):
+    """A {zh, en} pair: a theme, a style, a brand fragment, a line of copy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    zh: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+
 
 class PromptParts(BaseModel):
     """The five parts of a prompt, each a Jinja2 template string."""
@@ -88,6 +111,11 @@ class PromptTemplate(BaseModel):
     zh: PromptParts
     en: PromptParts
     copy_max_chars: int = Field(default=24, ge=1)  # longest headline drawn into the image
+    copy_max_chars_en: int | None = Field(default=None, ge=1,
+                                          description="English copy limit; default 2 x copy_max_chars")
+    headline_overlay: bool = Field(
+        default=False, description="typeset the copy over the image in the brand font instead "
+                                   "of asking the model to draw it (model text can be garbled)")
 
     @field_validator("name")
     @classmethod
@@ -123,6 +151,30 @@ class PromptTemplate(BaseModel):
                         f"on line {err.lineno}: {reason}; fix the template text"
                     ) from None
         return self
+
+    def copy_limit(self, language: str) -> int:
+        """The longest copy, in characters, that this template takes in `language`."""
+        if language == "en":
+            return self.copy_max_chars_en or 2 * self.copy_max_chars
+        return self.copy_max_chars
+
+    def sources(self) -> Iterator[tuple[str, str]]:
+        """("zh.subject", template text) for each of the ten parts."""
+        for language in ("zh", "en"):
+            parts: PromptParts = getattr(self, language)
+            for part in PARTS:
+                yield f"{language}.{part}", getattr(parts, part)
+
+    def uses(self, name: str) -> bool:
+        """True if any part reads the top-level variable `name`."""
+        return any(name in _names(source) for _, source in self.sources())
+
+    def attributes_used(self, name: str) -> set[str]:
+        """The attributes read from variable `name` (`axes.lighting` -> "lighting")."""
+        found: set[str] = set()
+        for _, source in self.sources():
+            found |= _attributes(source, name)
+        return found
 
 
 class PromptLibrary(BaseModel):
@@ -197,6 +249,19 @@ def colour_name(value: Any, language: str = "en") -> str:
     return name_zh if language == "zh" else name_en
 
 
+class _PromptEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with mapping keys winning over mapping methods in `a.b` lookups.
+
+    Variables are plain dicts, and some of their keys are also dict methods: `axes.copy`,
+    `mapping.colours.items` must read the value, not find `dict.copy`.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and isinstance(attribute, str) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
 @lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
     """The sandboxed environment: strict about undefined names, no HTML escaping.
@@ -204,13 +269,35 @@ def _environment() -> ImmutableSandboxedEnvironment:
     The immutable sandbox also blocks `list.append`, `dict.update` and the like, so a
     template can never change the caller's variables.
     """
-    env = ImmutableSandboxedEnvironment(
+    env = _PromptEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # prompts are plain text, not HTML
         keep_trailing_newline=False,
     )
     env.filters["colour_name"] = colour_name
+    env.filters["quoted"] = quoted
     return env
+
+
+@lru_cache(maxsize=1024)
+def _names(source: str) -> frozenset[str]:
+    from jinja2 import meta
+
+    return frozenset(meta.find_undeclared_variables(_environment().parse(source)))
+
+
+@lru_cache(maxsize=1024)
+def _attributes(source: str, name: str) -> frozenset[str]:
+    from jinja2 import nodes
+
+    found: set[str] = set()
+    for node in _environment().parse(source).find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node.node, nodes.Name) and node.node.name == name:
+            if isinstance(node, nodes.Getattr):
+                found.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                found.add(node.arg.value)
+    return frozenset(found)
 
 
 @lru_cache(maxsize=1024)
@@ -224,20 +311,72 @@ def _clean(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Copy: short in-image text
+
+
+def clean_copy(text: Any, max_chars: int | None = None) -> str:
+    """Copy safe to quote in a prompt: one line, no quotes/braces/control characters, capped.
+
+    Line breaks, tabs and other control or format characters become spaces (then collapse);
+    quotes of every script, braces, backslashes and backticks are removed; the result is cut
+    to `max_chars` characters.
+    """
+    text = unicodedata.normalize("NFC", str(text))
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+    text = " ".join(_COPY_STRIP.sub("", text).split())
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars].rstrip()
+    return text
+
+
+def quoted(value: Any, language: str = "zh") -> str:
+    """Template filter: copy cleaned and put in the language's quotes (“…” or "...")."""
+    if value is None:
+        return ""
+    opening, closing = QUOTES["en" if language == "en" else "zh"]
+    return f"{opening}{clean_copy(value)}{closing}"
+
+
+def copy_variable(copy: BilingualText | Mapping[str, str] | None,
+                  template: PromptTemplate) -> dict[str, str] | None:
+    """The `copy` template variable: {zh, en} cleaned and cut to the template's limits."""
+    if copy is None:
+        return None
+    pair = copy.model_dump() if isinstance(copy, BaseModel) else dict(copy)
+    cleaned = {lang: clean_copy(pair.get(lang, ""), template.copy_limit(lang)) for lang in ("zh", "en")}
+    return cleaned if any(cleaned.values()) else None
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering
+
+
+Additions = Mapping[str, Mapping[str, Sequence[str]]]  # part -> language -> elements
 
 
 def render_prompt(
     template: PromptTemplate,
     variables: Mapping[str, Any],
     language: Language = "zh",
+    additions: Additions | None = None,
 ) -> RenderedPrompt:
-    """Render a template's five parts with `variables` and join them into one prompt."""
+    """Render a template's five parts with `variables` and join them into one prompt.
+
+    `additions` ({"scene": {"zh": ["红灯笼"], "en": ["red lanterns"]}}) are appended to the
+    rendered parts, joined with the language's separator.
+    """
+    unknown = set(additions or {}) - set(PARTS)
+    if unknown:
+        raise PromptError(f"additions to unknown prompt parts {sorted(unknown)}; use {', '.join(PARTS)}")
     languages = ("zh", "en") if language == "bilingual" else (language,)
     texts: list[str] = []
     parts: dict[str, str] = {}
     for lang in languages:
         rendered = _render_parts(template, lang, variables)
+        for part, by_language in (additions or {}).items():
+            extra = [_clean(str(e)) for e in by_language.get(lang, ()) if _clean(str(e))]
+            if extra:
+                rendered[part] = SEPARATORS[lang].join([t for t in (rendered[part],) if t] + extra)
         texts.append(SEPARATORS[lang].join(text for text in rendered.values() if text))
         prefix = f"{lang}." if language == "bilingual" else ""
         parts.update({f"{prefix}{part}": text for part, text in rendered.items()})

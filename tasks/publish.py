@@ -7,19 +7,34 @@ beside it is complete, so a run that died half-way is finished by the next run.
 from __future__ import annotations
 
 import functools
+import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import BrandConfig
+from tasks.errors import LabelError
+from tasks.overlay import Box, OverlayPlacement, draw_headline
 from tasks.plan import ImageJob
 from tasks.storage import ObjectStore, open_store
-from tasks.watermark import ImplicitLabel, LabelPlacement, label_image
+from tasks.watermark import (
+    ImplicitLabel,
+    LabelPlacement,
+    LabelSpec,
+    LogoSpec,
+    aigc_xmp,
+    apply_label,
+    encode_image,
+    find_cjk_font,
+    label_image,
+)
 from zengine import GenerationResult
 
 SIDECAR_SCHEMA = "zpipe.sidecar/1"
@@ -34,6 +49,7 @@ class LabelledImage(BaseModel):
     placement: LabelPlacement
     implicit: ImplicitLabel
     label_s: float
+    overlay: OverlayPlacement | None = None  # the typeset headline, when the template asked
 
 
 class PublishedImage(BaseModel):
@@ -58,7 +74,7 @@ def implicit_label_for(job: ImageJob, brand: BrandConfig) -> ImplicitLabel:
 
 
 def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> LabelledImage:
-    """Draw the logo and explicit label, embed the implicit label, encode once."""
+    """Typeset the headline (if any), draw the logo and explicit label, embed the implicit label."""
     started = time.perf_counter()
     implicit = implicit_label_for(job, brand)
     extra = {
@@ -69,10 +85,62 @@ def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> La
         "producer": brand.producer.name,
     }
     logo = _read_logo(brand.logo.path) if brand.logo else None
-    data, placement = label_image(result.png, brand.label, logo, brand.logo, implicit,
-                                  job.output, extra)
-    return LabelledImage(data=data, placement=placement, implicit=implicit,
+    if not job.overlay_lines:
+        data, placement = label_image(result.png, brand.label, logo, brand.logo, implicit,
+                                      job.output, extra)
+        return LabelledImage(data=data, placement=placement, implicit=implicit,
+                             label_s=time.perf_counter() - started)
+
+    # The headline goes first, so that the logo and the AIGC label are drawn over it
+    extra["headline"] = " / ".join(job.overlay_lines)
+    image = _decode(result.png, "the generated image")
+    logo_image = _decode(logo, f"logo {brand.logo.path!r}") if logo and brand.logo else None
+    keep_clear = _label_areas(image.size, brand.label, logo_image, brand.logo)
+    font = str(find_cjk_font(brand.headline.font or brand.label.font))
+    image, overlay = draw_headline(image, job.overlay_lines, brand.headline, font, keep_clear)
+    labelled, placement = apply_label(image, brand.label, logo_image, brand.logo if logo_image else None)
+    data = encode_image(labelled, job.output, aigc_xmp(implicit, extra))
+    return LabelledImage(data=data, placement=placement, implicit=implicit, overlay=overlay,
                          label_s=time.perf_counter() - started)
+
+
+def _decode(data: bytes, what: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.copy()
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise LabelError(f"cannot decode {what} ({len(data)} bytes): {exc}") from exc
+
+
+def logo_box(size: tuple[int, int], logo_size: tuple[int, int], spec: LogoSpec,
+             label: LabelSpec) -> Box:
+    """Where `apply_label` will put the logo (same geometry as tasks.watermark)."""
+    width, height = size
+    margin = round(label.margin_ratio * min(width, height))
+    w = max(1, round(width * spec.width_ratio))
+    h = max(1, round(logo_size[1] * w / logo_size[0]))
+    room = max(1, height - 2 * margin)
+    if h > room:
+        w, h = max(1, round(w * room / h)), room
+    x = margin if spec.position.endswith("left") else width - margin - w
+    y = margin if spec.position.startswith("top") else height - margin - h
+    return x, y, x + w, y + h
+
+
+def _label_areas(size: tuple[int, int], label: LabelSpec, logo: Image.Image | None,
+                 logo_spec: LogoSpec | None) -> list[Box]:
+    """Boxes the headline keeps clear of: the logo, and a top-corner label's likely place."""
+    width, height = size
+    areas = []
+    if logo is not None and logo_spec is not None:
+        areas.append(logo_box(size, logo.size, logo_spec, label))
+    if label.position.startswith("top"):  # its exact width is fitted later: reserve half the side
+        short = min(width, height)
+        band = math.ceil(label.height_ratio * short * 1.6) + 2 * round(label.margin_ratio * short)
+        x0 = 0 if label.position.endswith("left") else width // 2
+        areas.append((x0, 0, x0 + width // 2, band))
+    return areas
 
 
 def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledImage) -> dict[str, Any]:
@@ -93,6 +161,11 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
         "language": job.prompt.language,
         "template": {"name": job.prompt.template, "version": job.prompt.version},
         "trend": job.trend,
+        "festivals": job.festivals,
+        "rules": job.rules,
+        "variant_axes": job.variant_axes,
+        "copy": job.copy_text,
+        "headline_overlay": labelled.overlay.model_dump() if labelled.overlay else None,
         "seed": result.seed,
         "steps": result.steps,
         "guidance_scale": result.guidance_scale,

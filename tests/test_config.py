@@ -130,3 +130,67 @@ def test_plan_week_is_deterministic_and_complete() -> None:
     bigger = plan_week(bundle, "2026-W48", date(2026, 11, 23), trends,
                        EngineSettings(preview_scale=0.5), fp)
     assert {j.key for j in bigger}.isdisjoint({j.key for j in jobs})
+
+
+# ---------------------------------------------------------------------------------------------
+# Brand fragments, mappings, headline; campaign variants, day themes
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (lambda d: d["fragments"].update({"Bad-Name": {"zh": "x", "en": "x"}}), "fragments",
+         "fragment name 'Bad-Name' must be lower-case"),
+        (lambda d: d["fragments"].update(film={"zh": "胶片"}), "fragments.film.en", "Field required"),
+        (lambda d: d["mappings"].update(sizes={}), "mappings", "mapping table 'sizes' is empty"),
+        (lambda d: d["mappings"]["colours"].update(R09="red"), "mappings.colours.R09",
+         "valid dictionary"),
+        (lambda d: d["headline"].update(height_ratio=0.5), "headline.height_ratio", "less than or equal"),
+        (lambda d: d["headline"].update(plate_color="reddish"), "headline.plate_color", "not a colour"),
+        (lambda d: d["headline"].update(font="missing.ttf"), "headline.font", "font file not found"),
+    ],
+)
+def test_brand_additions_errors(config_tree: Path, change, field: str, message: str) -> None:
+    brand = config_tree / "brands/demo.yaml"
+    _edit(brand, change)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(brand)
+    assert err.value.field == field and str(brand) in str(err.value)
+
+
+def test_variants_accept_an_int_or_a_mapping(config_tree: Path) -> None:
+    bundle = load_campaign(CONFIGS / "campaigns/weekly-demo.yaml")
+    assert bundle.campaign.variants.count == 1 and bundle.campaign.variants.axes == {}
+    ab = load_campaign(CONFIGS / "campaigns/ab-demo.yaml").campaign.variants
+    assert ab.count == 2 and ab.axes_for(2)["lighting"].zh == "傍晚温暖的逆光"
+    campaign = config_tree / "campaigns/weekly-demo.yaml"
+    _edit(campaign, lambda d: d.update(variants={"count": 2, "axes": {"copy": ["早安", "晚安"]}},
+                                       template="ab-poster", rules=[]))
+    variants = load_campaign(campaign).campaign.variants
+    assert variants.axes_for(1)["copy"].model_dump() == {"zh": "早安", "en": "早安"}  # a string: both
+    _edit(campaign, lambda d: d.update(variants=0))
+    with pytest.raises(ConfigError, match=r"variants\.count.*greater than or equal to 1"):
+        load_campaign(campaign)
+
+
+def test_day_theme_copy_needs_a_copy_slot(config_tree: Path) -> None:
+    campaign = config_tree / "campaigns/weekly-demo.yaml"
+    _edit(campaign, lambda d: d["days"]["mon"].update(copy={"zh": "早安", "en": "Morning"}))
+    with pytest.raises(ConfigError, match="template 'daily-poster' has no copy slot") as err:
+        load_campaign(campaign)
+    assert err.value.field == "days.mon.copy"
+    _edit(campaign, lambda d: d.update(template="ab-poster"))
+    bundle = load_campaign(campaign)
+    jobs = plan_week(bundle, "2026-W48", date(2026, 11, 23), [], ENGINE, "fp")
+    assert "“早安”" in jobs[0].prompt.text and jobs[0].copy_text == {"zh": "早安", "en": "Morning"}
+    assert jobs[2].copy_text is None  # tuesday has no copy
+
+
+def test_keys_do_not_depend_on_where_the_config_tree_lives(config_tree: Path) -> None:
+    here = load_campaign(CONFIGS / "campaigns/weekly-demo.yaml")
+    there = load_campaign(config_tree / "campaigns/weekly-demo.yaml")
+    assert brand_fingerprint(here) == brand_fingerprint(there)
+    brand = config_tree / "brands/demo.yaml"
+    _edit(brand, lambda d: d["label"].update(text="AI生成"))
+    assert brand_fingerprint(load_campaign(config_tree / "campaigns/weekly-demo.yaml")) != \
+        brand_fingerprint(here)

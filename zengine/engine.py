@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zengine.lora import LoraSpec
-
 from zengine._imports import import_model_libraries
+from zengine.lora import LoraSpec
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
 
