@@ -20,8 +20,9 @@ from tasks.generate import generate_batch, generate_on_worker
 from tasks.plan import ImageJob, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
 from tasks.publish import PublishedImage, find_missing_task, label_job_task, publish_task
+from tasks.ranking import rank_trends_task, record_trends_task, source_weights
 from tasks.storage import open_store
-from tasks.trend_store import load_recent_trends_task
+from tasks.trend_store import load_recent_trends_task, load_week_trends_task, save_week_trends_task
 from tasks.trends import TrendReport, ingest_trends
 from zengine import GenerationResult
 
@@ -90,14 +91,25 @@ def weekly_campaign(
     store = resolve_store_url(store or config.store)
     gated = bundle.campaign.approval == "required"
 
-    # 1. Trends: what the hourly ingestion stored, or a fresh fetch
-    report: TrendReport | None = load_recent_trends_task(store, name, config.trends_max_age_s)
-    if report is None:
-        report = ingest_trends(bundle.campaign.trends.sources)
+    # 1. Trends: the week's frozen selection, else stored (hourly) or fresh, ranked and filtered
+    trends, trend_failures = load_week_trends_task(store, name, week_label), []
+    if trends is None:
+        trends_config = bundle.campaign.trends
+        report: TrendReport | None = load_recent_trends_task(store, name, config.trends_max_age_s)
+        if report is None:
+            report = ingest_trends(trends_config.sources)
+        ranked = rank_trends_task(report, bundle.brand.safety, trends_config.sensitive_terms, store,
+                                  bundle.brand.slug, trends_config.history_days,
+                                  weights=source_weights(trends_config.sources))
+        for dropped in ranked.dropped:
+            logger.info("trend dropped: %s (%s)", dropped.trend.title, dropped.reason)
+        trends = ranked.trends[:len(bundle.campaign.days)]  # one per day
+        trend_failures = [f"{f.source}: {f.reason}" for f in ranked.failures]
+        save_week_trends_task(store, name, week_label, trends)
+        record_trends_task(store, bundle.brand.slug, trends)
 
     # 2. Template: one job per day x format x variant, keys fixed up front
-    jobs = plan_week_task(bundle, week_label, monday, report.trends, engine,
-                          PENDING if gated else "")
+    jobs = plan_week_task(bundle, week_label, monday, trends, engine, PENDING if gated else "")
     todo = find_missing_task(store, jobs)
     logger.info("%s %s: %d images planned, %d already in %s", name, week_label, len(jobs),
                 len(jobs) - len(todo), store)
@@ -137,7 +149,7 @@ def weekly_campaign(
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
         existing=existing, failed=failed,
-        trend_failures=[f"{f.source}: {f.reason}" for f in report.failures])
+        trend_failures=trend_failures)
 
     # 5. Report in the UI: a table of every image and a gallery of thumbnails
     _publish_artifacts(summary, jobs, results)

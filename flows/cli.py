@@ -223,12 +223,15 @@ def _register_subcommands() -> None:
     from flows import stack
     from flows.preview import prompts_app
     from flows.trends_cli import trends_app
+    from flows.verify_cli import provenance_app, verify_command
 
     app.command("up")(stack.up_command)
     app.command("status")(stack.status_command)
     app.command("down")(stack.down_command)
     app.add_typer(trends_app, name="trends", help="Pull, rank and filter trend sources.")
     app.add_typer(prompts_app, name="prompts", help="Preview the prompts a week would generate.")
+    app.command("verify")(verify_command)
+    app.add_typer(provenance_app, name="provenance", help="C2PA Content Credentials: dev certificates.")
 
 
 _register_subcommands()

@@ -21,7 +21,19 @@ if ! fc-list :lang=zh 2>/dev/null | grep -q . && [ -z "${ZPIPE_FONT:-}" ]; then
   fi
 fi
 
-# 2. The virtualenv.
+# 2. exiftool: the tests read the XMP labels back with a third-party reader.
+if ! command -v exiftool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[bootstrap] installing exiftool (apt: libimage-exiftool-perl)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >/dev/null
+  else
+    echo "[bootstrap] exiftool missing (only the tests need it):" \
+         "sudo apt-get install libimage-exiftool-perl" >&2
+  fi
+fi
+
+# 3. The virtualenv.
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv"
   "$PYTHON" -m venv .venv

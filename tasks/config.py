@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.errors import ConfigError
 from tasks.overlay import HeadlineStyle
 from tasks.prompts import BilingualText, PromptLibrary, PromptTemplate
+from tasks.ranking import SafetyPolicy
 from tasks.rules import Rule
-from tasks.trends import SourceFile, TrendSource
+from tasks.trends import SourceFile, TrendSource, load_source
 from tasks.watermark import LabelSpec, LogoSpec, OutputSpec
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -77,6 +78,13 @@ class ReplyPolicy(Strict):
         return value
 
 
+class LoraRef(Strict):
+    """A brand-style LoRA adapter for Z-Image-Turbo: a local file, and its strength."""
+
+    path: str = Field(description=".safetensors file or directory, relative to the brand file")
+    weight: float = Field(default=1.0, ge=-2.0, le=2.0)
+
+
 class BrandConfig(Strict):
     kind: Literal["brand"] = "brand"
     slug: Slug
@@ -87,6 +95,9 @@ class BrandConfig(Strict):
     label: LabelSpec = Field(default_factory=LabelSpec)
     producer: Producer
     replies: ReplyPolicy = Field(default_factory=ReplyPolicy)
+    safety: SafetyPolicy = Field(default_factory=SafetyPolicy,
+                                 description="trends with these terms or topics are never used")
+    loras: list[LoraRef] = Field(default_factory=list, description="brand-style LoRA adapters")
     fragments: dict[str, BilingualText] = Field(
         default_factory=dict, description="named {zh, en} style snippets: brand.fragments.<name>")
     mappings: dict[str, dict[str, BilingualText]] = Field(
@@ -122,7 +133,12 @@ class BrandConfig(Strict):
 
 
 class TrendsConfig(Strict):
-    sources: list[TrendSource] = Field(default_factory=list)
+    sources: list[TrendSource | str] = Field(
+        default_factory=list, description="inline sources, or paths to configs/sources/*.yaml")
+    sensitive_terms: str | None = Field(
+        default="../safety/sensitive-terms.txt",
+        description="shared sensitive-terms list (one per line), relative to this file")
+    history_days: int = Field(default=14, ge=0, description="don't reuse a trend within N days")
 
 
 class Schedule(Strict):
@@ -417,6 +433,12 @@ def load_campaign(path: str | Path) -> CampaignBundle:
 
     sources = []
     for i, source in enumerate(campaign.trends.sources):
+        if isinstance(source, str):
+            source_path = _resolve(base, source)
+            if not source_path.is_file():
+                raise ConfigError(str(path), f"trends.sources.{i}", "source file not found", source)
+            sources.append(load_source(source_path))
+            continue
         if source.url.startswith(("http://", "https://")):
             sources.append(source)
             continue
@@ -425,7 +447,13 @@ def load_campaign(path: str | Path) -> CampaignBundle:
             raise ConfigError(str(path), f"trends.sources.{i}.url", "trend file not found",
                               source.url)
         sources.append(source.model_copy(update={"url": str(local)}))
-    trends = campaign.trends.model_copy(update={"sources": sources})
+    terms = campaign.trends.sensitive_terms
+    if terms is not None:
+        terms_path = _resolve(base, terms)
+        if not terms_path.is_file():
+            raise ConfigError(str(path), "trends.sensitive_terms", "file not found", terms)
+        terms = str(terms_path)
+    trends = campaign.trends.model_copy(update={"sources": sources, "sensitive_terms": terms})
     campaign = campaign.model_copy(update={"trends": trends})
     return CampaignBundle(path=path, campaign=campaign, brand=brand, library=library)
 
@@ -507,6 +535,14 @@ def load_brand(path: str | Path) -> BrandConfig:
             raise ConfigError(str(path), "headline.font", "font file not found", brand.headline.font)
         brand = brand.model_copy(
             update={"headline": brand.headline.model_copy(update={"font": str(font_path)})})
+    loras = []
+    for i, lora in enumerate(brand.loras):
+        lora_path = _resolve(path.parent, lora.path)
+        if not lora_path.exists():
+            raise ConfigError(str(path), f"loras.{i}.path", "LoRA file or directory not found",
+                              lora.path)
+        loras.append(lora.model_copy(update={"path": str(lora_path)}))
+    brand = brand.model_copy(update={"loras": loras})
     prompts_path = _resolve(path.parent, brand.replies.prompts)
     if not prompts_path.is_file():
         raise ConfigError(str(path), "replies.prompts", "prompt library not found",

@@ -20,7 +20,7 @@ from prefect.concurrency.sync import concurrency
 
 from tasks.config import EngineSettings
 from tasks.plan import ImageJob
-from zengine import GenerationRequest, GenerationResult, ModelSource, TurboEngine
+from zengine import GenerationRequest, GenerationResult, LoraSpec, ModelSource, TurboEngine
 
 GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
 
@@ -36,7 +36,8 @@ def get_engine(settings: EngineSettings) -> TurboEngine:
 def to_request(job: ImageJob) -> GenerationRequest:
     """The engine request for a job (prompt, size, seed, Turbo steps)."""
     return GenerationRequest(prompt=job.prompt.text, width=job.width, height=job.height,
-                             seed=job.seed, steps=job.steps)
+                             seed=job.seed, steps=job.steps,
+                             loras=tuple(LoraSpec(path, weight) for path, weight in job.loras))
 
 
 def generate_images(

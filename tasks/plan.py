@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -77,6 +78,7 @@ class ImageJob(BaseModel):
     variant_axes: dict[str, dict[str, str]] = Field(default_factory=dict)  # axis -> {zh, en}
     copy_text: dict[str, str] | None = None  # the image's copy {zh, en}, as cleaned
     overlay_lines: list[str] = Field(default_factory=list)  # typeset by tasks.overlay
+    loras: list[tuple[str, float]] = Field(default_factory=list)  # brand style: (path, weight)
 
     @property
     def sidecar_key(self) -> str:
@@ -241,6 +243,7 @@ def plan_week_slots(
                     festivals=variables["festivals"], rules=outcome.fired,
                     variant_axes={name: value.model_dump() for name, value in axes.items()},
                     copy_text=copy, overlay_lines=overlay,
+                    loras=[(lora.path, lora.weight) for lora in brand.loras],
                 ))
     return plan
 
@@ -254,8 +257,14 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
     """
     brand = bundle.brand
     exclude: dict[str, Any] = {"logo": True, "fragments": True, "mappings": True, "headline": True,
-                               "replies": True, "label": {"font"}}
+                               "replies": True, "label": {"font"}, "safety": True, "loras": True}
     digest = hashlib.sha256(brand.model_dump_json(exclude=exclude).encode())
+    for lora in brand.loras:  # adapters change the pixels: their bytes and weights count
+        digest.update(f"lora:{lora.weight}".encode())
+        root = Path(lora.path)
+        for file in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if file.is_file():
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
     for spec, path in ((brand.logo, brand.logo.path if brand.logo else None), (None, brand.label.font)):
         if spec is not None:
             digest.update(spec.model_dump_json(exclude={"path"}).encode())

@@ -23,6 +23,8 @@ from tasks.config import BrandConfig
 from tasks.errors import LabelError
 from tasks.overlay import Box, OverlayPlacement, draw_headline
 from tasks.plan import ImageJob
+from tasks.provenance import load_signing_config
+from tasks.provenance import sign as sign_c2pa
 from tasks.storage import ObjectStore, open_store
 from tasks.watermark import (
     ImplicitLabel,
@@ -33,7 +35,6 @@ from tasks.watermark import (
     apply_label,
     encode_image,
     find_cjk_font,
-    label_image,
 )
 from zengine import GenerationResult
 
@@ -50,6 +51,8 @@ class LabelledImage(BaseModel):
     implicit: ImplicitLabel
     label_s: float
     overlay: OverlayPlacement | None = None  # the typeset headline, when the template asked
+    steps_s: dict[str, float] = {}  # per post-processing step: draw, watermark, encode, sign
+    c2pa_signed: bool = False
 
 
 class PublishedImage(BaseModel):
@@ -85,23 +88,51 @@ def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> La
         "producer": brand.producer.name,
     }
     logo = _read_logo(brand.logo.path) if brand.logo else None
-    if not job.overlay_lines:
-        data, placement = label_image(result.png, brand.label, logo, brand.logo, implicit,
-                                      job.output, extra)
-        return LabelledImage(data=data, placement=placement, implicit=implicit,
-                             label_s=time.perf_counter() - started)
+    steps: dict[str, float] = {}
+    mark = time.perf_counter()
 
-    # The headline goes first, so that the logo and the AIGC label are drawn over it
-    extra["headline"] = " / ".join(job.overlay_lines)
+    # 1. Decode; the headline (if any) goes first, so the logo and AIGC label are drawn over it
     image = _decode(result.png, "the generated image")
     logo_image = _decode(logo, f"logo {brand.logo.path!r}") if logo and brand.logo else None
-    keep_clear = _label_areas(image.size, brand.label, logo_image, brand.logo)
-    font = str(find_cjk_font(brand.headline.font or brand.label.font))
-    image, overlay = draw_headline(image, job.overlay_lines, brand.headline, font, keep_clear)
-    labelled, placement = apply_label(image, brand.label, logo_image, brand.logo if logo_image else None)
+    overlay = None
+    if job.overlay_lines:
+        extra["headline"] = " / ".join(job.overlay_lines)
+        keep_clear = _label_areas(image.size, brand.label, logo_image, brand.logo)
+        font = str(find_cjk_font(brand.headline.font or brand.label.font))
+        image, overlay = draw_headline(image, job.overlay_lines, brand.headline, font, keep_clear)
+
+    # 2. Explicit label and logo
+    labelled, placement = apply_label(image, brand.label, logo_image,
+                                      brand.logo if logo_image else None)
+    steps["draw_s"], mark = time.perf_counter() - mark, time.perf_counter()
+
+    # 3. Invisible watermark carrying the content id (after the visible label)
+    labelled = embed_watermark(labelled, job.content_id)
+    steps["watermark_s"], mark = time.perf_counter() - mark, time.perf_counter()
+
+    # 4. Encode once, with the implicit label (XMP) in it
     data = encode_image(labelled, job.output, aigc_xmp(implicit, extra))
+    steps["encode_s"], mark = time.perf_counter() - mark, time.perf_counter()
+
+    # 5. C2PA Content Credentials over the exact final bytes, last (never re-encoded after)
+    signing = load_signing_config()  # from the environment, inside the task: keys never travel
+    if signing is not None:
+        data = sign_c2pa(data, job.output.content_type, implicit.to_tc260_json(), job.content_id,
+                         signing)
+    steps["sign_s"] = time.perf_counter() - mark
     return LabelledImage(data=data, placement=placement, implicit=implicit, overlay=overlay,
-                         label_s=time.perf_counter() - started)
+                         label_s=time.perf_counter() - started,
+                         steps_s={k: round(v, 4) for k, v in steps.items()},
+                         c2pa_signed=signing is not None)
+
+
+def embed_watermark(image: Image.Image, content_id: str) -> Image.Image:
+    """The invisible watermark step (tasks.invisible), or the image unchanged without it."""
+    try:
+        from tasks import invisible
+    except ImportError:
+        return image
+    return invisible.embed(image, content_id)
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
@@ -182,7 +213,8 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
                     "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia",
             },
         },
-        "timings": {**result.timings, "label_s": round(labelled.label_s, 4)},
+        "timings": {**result.timings, "label_s": round(labelled.label_s, 4), **labelled.steps_s},
+        "c2pa": {"signed": labelled.c2pa_signed, "assertion": "cn.zpipe.aigc"},
     }
 
 

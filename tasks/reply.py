@@ -7,6 +7,7 @@ data; they are never template code.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -40,7 +41,8 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
         "prompt": prompt.text, "template": prompt.template, "version": prompt.version,
         "seed": seed, "size": [width, height], "steps": TURBO_STEPS, "model": model_id,
         "revision": revision, "output": policy.output.model_dump(),
-        "label": brand.label.model_dump(), "comment": comment.id})
+        "label": brand.label.model_dump(), "comment": comment.id,
+        "loras": [(Path(lora.path).name, lora.weight) for lora in brand.loras]})
     day = now.date()
     year, week, weekday = day.isocalendar()
     key = (f"{brand.slug}/{REPLY_CAMPAIGN}/{day.isoformat()}/"
@@ -49,7 +51,8 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
         brand=brand.slug, campaign=REPLY_CAMPAIGN, week=f"{year}-W{week:02d}",
         weekday=WEEKDAYS[weekday - 1], date=day, format=policy.format, variant=1, width=width,
         height=height, seed=seed, steps=TURBO_STEPS, prompt=prompt, trend=None,
-        output=policy.output, model_id=model_id, revision=revision, content_id=content_id, key=key)
+        output=policy.output, model_id=model_id, revision=revision, content_id=content_id, key=key,
+        loras=[(lora.path, lora.weight) for lora in brand.loras])
 
 
 @task(name="start-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

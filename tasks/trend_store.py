@@ -3,13 +3,14 @@ ingestion flow found instead of fetching every source again."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.storage import ObjectStore
-from tasks.trends import TrendReport
+from tasks.trends import Trend, TrendReport
 
 TRENDS_PREFIX = "_trends"
 
@@ -55,3 +56,45 @@ def load_recent_trends_task(store_url: str, campaign: str, max_age_s: int) -> St
     from tasks.storage import open_store
 
     return load_recent_trends(open_store(store_url), campaign, max_age_s, datetime.now(UTC))
+
+
+def _week_key(campaign: str, week: str) -> str:
+    return f"{TRENDS_PREFIX}/{campaign}/weeks/{week}.json"
+
+
+def load_week_trends(store: ObjectStore, campaign: str, week: str) -> list[Trend] | None:
+    """The trends a week was first planned with, or None if it was never planned.
+
+    A week's selection is frozen the first time: reruns plan the same prompts, find their
+    images already in the store, and make nothing new.
+    """
+    key = _week_key(campaign, week)
+    if not store.exists(key):
+        return None
+    return [Trend.model_validate(t) for t in json.loads(store.get(key))["trends"]]
+
+
+def save_week_trends(store: ObjectStore, campaign: str, week: str, trends: list[Trend]) -> str:
+    """Freeze a week's trend selection (first writer wins)."""
+    key = _week_key(campaign, week)
+    body = json.dumps({"campaign": campaign, "week": week,
+                       "trends": [t.model_dump(mode="json") for t in trends]},
+                      ensure_ascii=False, indent=2).encode("utf-8")
+    store.put(key, body, "application/json", overwrite=False)
+    return key
+
+
+@task(name="load-week-trends", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def load_week_trends_task(store_url: str, campaign: str, week: str) -> list[Trend] | None:
+    """The week's frozen trend selection, if it was planned before."""
+    from tasks.storage import open_store
+
+    return load_week_trends(open_store(store_url), campaign, week)
+
+
+@task(name="freeze-week-trends", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def save_week_trends_task(store_url: str, campaign: str, week: str, trends: list[Trend]) -> str:
+    """Record which trends this week uses, so reruns plan the same images."""
+    from tasks.storage import open_store
+
+    return save_week_trends(open_store(store_url), campaign, week, trends)

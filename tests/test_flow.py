@@ -77,7 +77,8 @@ def test_weekly_campaign_s3_store(prefect_api, zpipe_cache, s3_server, s3_bucket
     store = S3Store(s3_bucket, prefix="campaigns")
     _check_week(store, summary)
     raw = s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]
-    assert all(o["Key"].startswith("campaigns/demo/weekly-demo/") for o in raw)
+    assert all(o["Key"].startswith(("campaigns/demo/weekly-demo/", "campaigns/_trends/")) for o in raw)
+    assert any(o["Key"] == f"campaigns/_trends/weekly-demo/weeks/{WEEK}.json" for o in raw)
 
     again = _run(url)
     assert again.created == []
@@ -88,7 +89,7 @@ def test_half_written_image_is_finished_by_next_run(prefect_api, zpipe_cache, tm
     """An image without its sidecar (a crash mid-upload) is redone; complete ones are kept."""
     out = tmp_path / "out"
     _run(f"file://{out}")
-    sidecars = sorted(out.rglob("*.json"))
+    sidecars = sorted(out.rglob("*.jpg.json"))
     victim = sidecars[0]
     victim.unlink()
     image = victim.with_suffix("")
