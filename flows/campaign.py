@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,10 @@ from tasks.trend_store import load_recent_trends_task, load_week_trends_task, sa
 from tasks.trends import TrendReport, ingest_trends
 from zengine import GenerationResult
 
-POST_WORKERS = 4  # label + upload threads; bounded (Prefect's default pool is unbounded)
+POST_WORKERS = 4  # label + upload threads
+GENERATION_LOOKAHEAD = 2  # batches in flight in-process: one generating, one queued behind it
+# Bounded (Prefect's default pool is unbounded): generation lookahead + post-processing.
+TASK_THREADS = GENERATION_LOOKAHEAD + POST_WORKERS
 GALLERY_URL_TTL_S = 7 * 24 * 3600  # presigned thumbnails in the UI stay valid for a week
 
 
@@ -55,14 +59,25 @@ def _chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
 
 def _generated(batches: list[list[ImageJob]], engine: EngineSettings,
                on_workers: bool) -> Iterator[tuple[list[ImageJob], list[GenerationResult]]]:
-    """Batches with their images, in order: on resident task workers, or in this process."""
-    if on_workers:  # hand every batch over at once; N workers take them in parallel
+    """Batches with their images, in order, keeping the GPU fed.
+
+    On resident task workers every batch is handed over at once (N workers take them in
+    parallel). In-process, one batch runs while the next already waits on the engine, so the
+    GPU starts it the moment the current one ends, whatever the flow thread is doing.
+    """
+    if on_workers:
         futures = [(batch, generate_on_worker.delay(batch, engine)) for batch in batches]
         for batch, future in futures:
             yield batch, future.result()
-    else:
-        for batch in batches:
-            yield batch, generate_batch(batch, engine)
+        return
+    in_flight: deque[tuple[list[ImageJob], PrefectFuture]] = deque()
+    queue = deque(batches)
+    while queue or in_flight:
+        while queue and len(in_flight) < GENERATION_LOOKAHEAD:
+            batch = queue.popleft()
+            in_flight.append((batch, generate_batch.submit(batch, engine)))
+        batch, future = in_flight.popleft()
+        yield batch, future.result()
 
 
 def _run_name() -> str:
@@ -73,7 +88,7 @@ def _run_name() -> str:
 
 
 @flow(name="weekly-campaign", flow_run_name=_run_name,
-      task_runner=ThreadPoolTaskRunner(max_workers=POST_WORKERS))
+      task_runner=ThreadPoolTaskRunner(max_workers=TASK_THREADS))
 def weekly_campaign(
     campaign: str,
     week: str | None = None,
