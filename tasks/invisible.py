@@ -24,8 +24,9 @@ Scheme: informed spread spectrum on a frame-relative luma grid
    grid model of the whole embed-then-detect chain) cancels the picture's own projection on
    bit i's chips and reaches z_i = Z_TARGET. Cells that would clip (white, black) are shifted
    by their own size, which keeps their swing. The pattern is scaled down if needed so its
-   RMS after upsampling is <= MAX_RMS (PSNR >= 40.1 dB by construction, at strength 1), then
-   bilinear-upsampled and added equally to R, G and B (hue kept); Pillow rounds and clips.
+   RMS after upsampling is <= MAX_RMS = 3 grey levels (PSNR >= 38.5 dB at strength 1, with
+   rounding), then bilinear-upsampled and added equally to R, G and B (hue kept); Pillow
+   rounds and clips. `strength` scales the whole pattern.
 5. Detection tries the candidate's own frame first; then, for each aspect ratio of
    `try_sizes` (default: the zengine presets) other than the candidate's, "the candidate is a
    centred crop of such an image" (cover fit) and "the candidate holds such an image
@@ -80,10 +81,10 @@ CHASE_BITS = 8  # list decoding flips the 8 least reliable bits: 256 candidates 
 EPS = 1.0  # grey levels: the local RMS below which a cell counts as flat
 FLOOR = 1.5  # grey levels carried even by flat cells (WebP q75 erases ~1)
 K_ACTIVITY = 0.1  # extra amplitude per grey level of local activity (masked by texture)
-Z_TARGET = 1.0  # per-bit z the embedder aims for after cancelling the picture's own
+Z_TARGET = 1.5  # per-bit z aimed for, after cancelling the picture's own projection
 BETA_MIN, BETA_MAX = 1.0, 4.0  # per-bit gain limits on the amplitude m
 NEWTON_STEPS = 2
-MAX_RMS = 2.5  # grey levels after upsampling: PSNR >= 10 log10(255² / (2.5² + 1/12)) = 40.1 dB
+MAX_RMS = 3.0  # grey levels after upsampling: PSNR >= 10 log10(255² / (3² + 1/12)) = 38.5 dB
 MIN_SIDE = GRID  # the grid needs at least one pixel per cell
 
 
