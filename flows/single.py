@@ -49,7 +49,7 @@ def generate_one(prompt: str, output: Path, *, seed: int, fmt: str, brand_path: 
     data, _ = label_image(result.png, brand.label if brand else LabelSpec(), logo,
                           brand.logo if brand else None, implicit, OutputSpec(format=kind),
                           {"seed": str(seed), "model": f"{result.model_id}@{result.revision}",
-                           "prompt": prompt, "contentId": content_id})
+                           "prompt": prompt, "contentId": content_id}, content_id=content_id)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_bytes(data)

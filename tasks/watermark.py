@@ -514,13 +514,18 @@ def label_image(
     implicit: ImplicitLabel,
     output: OutputSpec,
     extra: dict[str, str] | None = None,
+    content_id: str | None = None,
 ) -> tuple[bytes, LabelPlacement]:
-    """Decode, draw the visible label and logo, embed the TC260 XMP, encode once."""
+    """Decode, draw the visible label and logo, watermark the content id, embed the XMP, encode once."""
     image = _decode(png, "the generated image")
     logo = None
     if logo_bytes is not None:
         logo = _decode(logo_bytes, f"logo {logo_spec.path!r}" if logo_spec else "the logo")
     labelled, placement = apply_label(image, label, logo, logo_spec)
+    if content_id is not None:  # invisible watermark: after the visible label, before metadata
+        from tasks.invisible import embed
+
+        labelled = embed(labelled, content_id)
     return encode_image(labelled, output, aigc_xmp(implicit, extra)), placement
 
 
