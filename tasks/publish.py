@@ -104,22 +104,22 @@ def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> La
     # 2. Explicit label and logo
     labelled, placement = apply_label(image, brand.label, logo_image,
                                       brand.logo if logo_image else None)
-    steps["draw_s"], mark = time.perf_counter() - mark, time.perf_counter()
+    steps["post_draw_s"], mark = time.perf_counter() - mark, time.perf_counter()
 
     # 3. Invisible watermark carrying the content id (after the visible label)
     labelled = embed_watermark(labelled, job.content_id)
-    steps["watermark_s"], mark = time.perf_counter() - mark, time.perf_counter()
+    steps["post_watermark_s"], mark = time.perf_counter() - mark, time.perf_counter()
 
     # 4. Encode once, with the implicit label (XMP) in it
     data = encode_image(labelled, job.output, aigc_xmp(implicit, extra))
-    steps["encode_s"], mark = time.perf_counter() - mark, time.perf_counter()
+    steps["post_encode_s"], mark = time.perf_counter() - mark, time.perf_counter()
 
     # 5. C2PA Content Credentials over the exact final bytes, last (never re-encoded after)
     signing = load_signing_config()  # from the environment, inside the task: keys never travel
     if signing is not None:
         data = sign_c2pa(data, job.output.content_type, implicit.to_tc260_json(), job.content_id,
                          signing)
-    steps["sign_s"] = time.perf_counter() - mark
+    steps["post_sign_s"] = time.perf_counter() - mark
     return LabelledImage(data=data, placement=placement, implicit=implicit, overlay=overlay,
                          label_s=time.perf_counter() - started,
                          steps_s={k: round(v, 4) for k, v in steps.items()},
