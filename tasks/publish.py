@@ -7,20 +7,18 @@ beside it is complete, so a run that died half-way is finished by the next run.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import BrandConfig
-from tasks.errors import LabelError
 from tasks.overlay import Box, OverlayPlacement, draw_headline
 from tasks.plan import ImageJob
 from tasks.provenance import load_signing_config
@@ -33,6 +31,7 @@ from tasks.watermark import (
     LogoSpec,
     aigc_xmp,
     apply_label,
+    decode_image,
     encode_image,
     find_cjk_font,
 )
@@ -92,8 +91,8 @@ def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> La
     mark = time.perf_counter()
 
     # 1. Decode; the headline (if any) goes first, so the logo and AIGC label are drawn over it
-    image = _decode(result.png, "the generated image")
-    logo_image = _decode(logo, f"logo {brand.logo.path!r}") if logo and brand.logo else None
+    image = decode_image(result.png, "the generated image")
+    logo_image = decode_image(logo, f"logo {brand.logo.path!r}") if logo and brand.logo else None
     overlay = None
     if job.overlay_lines:
         extra["headline"] = " / ".join(job.overlay_lines)
@@ -131,15 +130,6 @@ def embed_watermark(image: Image.Image, content_id: str) -> Image.Image:
     from tasks import invisible
 
     return invisible.embed(image, content_id)
-
-
-def _decode(data: bytes, what: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.copy()
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise LabelError(f"cannot decode {what} ({len(data)} bytes): {exc}") from exc
 
 
 def logo_box(size: tuple[int, int], logo_size: tuple[int, int], spec: LogoSpec,

@@ -517,10 +517,10 @@ def label_image(
     content_id: str | None = None,
 ) -> tuple[bytes, LabelPlacement]:
     """Decode, draw the visible label and logo, watermark the content id, embed the XMP, encode once."""
-    image = _decode(png, "the generated image")
+    image = decode_image(png, "the generated image")
     logo = None
     if logo_bytes is not None:
-        logo = _decode(logo_bytes, f"logo {logo_spec.path!r}" if logo_spec else "the logo")
+        logo = decode_image(logo_bytes, f"logo {logo_spec.path!r}" if logo_spec else "the logo")
     labelled, placement = apply_label(image, label, logo, logo_spec)
     if content_id is not None:  # invisible watermark: after the visible label, before metadata
         from tasks.invisible import embed
@@ -529,7 +529,7 @@ def label_image(
     return encode_image(labelled, output, aigc_xmp(implicit, extra)), placement
 
 
-def _decode(data: bytes, what: str) -> Image.Image:
+def decode_image(data: bytes, what: str) -> Image.Image:
     """Decode image bytes fully, or raise LabelError naming what they were."""
     try:
         with Image.open(io.BytesIO(data)) as im:
