@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 from prefect import task
@@ -25,9 +26,21 @@ from zengine import GenerationRequest, GenerationResult, LoraSpec, ModelSource, 
 GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
 
 
-@functools.lru_cache(maxsize=2)
+_ENGINES_LOCK = threading.Lock()  # batches run in several threads: exactly one engine each
+
+
 def get_engine(settings: EngineSettings) -> TurboEngine:
-    """The process's engine for these settings: weights load once, on first use."""
+    """The process's engine for these settings: weights load once, on first use.
+
+    Thread-safe: two batches asking at once get the same engine, whose own lock then
+    serializes the load (concurrent `from_pretrained` calls are not thread-safe).
+    """
+    with _ENGINES_LOCK:
+        return _engine_for(settings)
+
+
+@functools.lru_cache(maxsize=2)
+def _engine_for(settings: EngineSettings) -> TurboEngine:
     source = ModelSource(model=settings.model, revision=settings.revision)
     device = None if settings.device == "auto" else settings.device
     return TurboEngine(source, device=device, max_batch=settings.max_batch)

@@ -397,3 +397,18 @@ def test_tiny_truncates_long_prompts_instead_of_failing(engine: TurboEngine) -> 
     assert TurboEngine(ModelSource(model=Z_IMAGE_TURBO, revision="abc")).strict_token_limit
     (result,) = engine.generate([request("晨光咖啡的手冲咖啡海报，" * 40)])
     assert result.png.startswith(b"\x89PNG")
+
+
+def test_batches_asking_at_once_share_one_engine_and_one_load(zpipe_cache: Path) -> None:
+    """The campaign flow runs two generation batches in threads; the model must load once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.config import EngineSettings
+    from tasks.generate import get_engine
+
+    settings = EngineSettings(preview_scale=0.0625, max_batch=1)  # its own, unloaded engine
+    with ThreadPoolExecutor(4) as pool:
+        engines = list(pool.map(lambda _: get_engine(settings), range(8)))
+        results = list(pool.map(lambda e: e.generate([request()]), engines))
+    assert len({id(e) for e in engines}) == 1
+    assert engines[0].load_count == 1 and len(results) == 8
