@@ -66,6 +66,13 @@ class PublishedImage(BaseModel):
 
 
 @functools.lru_cache(maxsize=8)
+def _store(url: str) -> ObjectStore:
+    """One store per URL per process: the upload task runs once per image, and an S3 store's
+    boto3 session and client are worth making once, not per image."""
+    return open_store(url)
+
+
+@functools.lru_cache(maxsize=8)
 def _read_logo(path: str) -> bytes:
     return Path(path).read_bytes()
 
@@ -240,7 +247,7 @@ def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
 @task(name="find-missing", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def find_missing_task(store_url: str, jobs: list[ImageJob]) -> list[ImageJob]:
     """Skip jobs already published by an earlier run of the same week."""
-    return find_missing(open_store(store_url), jobs)
+    return find_missing(_store(store_url), jobs)
 
 
 def _job_name(prefix: str):
@@ -263,4 +270,4 @@ def label_job_task(job: ImageJob, result: GenerationResult, brand: BrandConfig) 
 def publish_task(store_url: str, job: ImageJob, result: GenerationResult,
                  labelled: LabelledImage) -> PublishedImage:
     """Upload stage: labelled image then sidecar to the object store."""
-    return publish_image(open_store(store_url), job, labelled, build_sidecar(job, result, labelled))
+    return publish_image(_store(store_url), job, labelled, build_sidecar(job, result, labelled))
