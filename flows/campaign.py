@@ -1,4 +1,4 @@
-"""The weekly campaign flow: ingest -> template -> generate -> label -> upload (-> approve)."""
+"""The weekly campaign flow: ingest -> template -> generate -> label -> spool -> upload (-> approve)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,27 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.flow_runs import pause_flow_run
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
-from tasks.approval import PENDING, ApprovalDecision, ApprovalOutcome, apply_decision_task
+from flows.review import wait_for_review
+from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
 from tasks.config import EngineSettings, load_campaign, load_settings, parse_week
 from tasks.generate import generate_batch, generate_on_worker
 from tasks.plan import ImageJob, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
-from tasks.publish import PublishedImage, find_missing_task, label_job_task, publish_task
+from tasks.publish import (
+    PublishedImage,
+    find_missing_task,
+    label_job_task,
+    publish_task,
+    recover_spool_task,
+    upload_retries,
+)
 from tasks.ranking import rank_trends_task, record_trends_task, source_weights
+from tasks.spool import Spool
 from tasks.storage import open_store
 from tasks.trend_store import load_recent_trends_task, load_week_trends_task, save_week_trends_task
 from tasks.trends import TrendReport, ingest_trends
@@ -45,6 +54,7 @@ class CampaignSummary(BaseModel):
     existing: list[str]
     failed: list[str]
     trend_failures: list[str]
+    from_spool: list[str] = []  # made by an earlier run, left in the local spool, uploaded now
     approval: ApprovalOutcome | None = None
 
 
@@ -123,11 +133,15 @@ def weekly_campaign(
         save_week_trends_task(store, name, week_label, trends)
         record_trends_task(store, bundle.brand.slug, trends)
 
-    # 2. Template: one job per day x format x variant, keys fixed up front
+    # 2. Template: one job per day x format x variant, keys fixed up front; images an earlier
+    #    run left in the local spool are uploaded first, so they count as done, never remade
     jobs = plan_week_task(bundle, week_label, monday, trends, engine, PENDING if gated else "")
+    retries = upload_retries()  # rides out a short S3 outage (ZPIPE_UPLOAD_PATIENCE_S)
+    recovered = recover_spool_task.with_options(**retries)(store)
+    from_spool = [job.key for job in jobs if job.key in recovered.uploaded]
     todo = find_missing_task(store, jobs)
-    logger.info("%s %s: %d images planned, %d already in %s", name, week_label, len(jobs),
-                len(jobs) - len(todo), store)
+    logger.info("%s %s: %d images planned, %d already in %s (%d of them from the local spool)",
+                name, week_label, len(jobs), len(jobs) - len(todo), store, len(from_spool))
     emit(ProgressEvent("planned", total=len(jobs)))
     emit(ProgressEvent("skipped", count=len(jobs) - len(todo)))
     progress = RunProgress(f"{name}-{week_label}-progress".lower(), len(jobs),
@@ -137,72 +151,70 @@ def weekly_campaign(
     # 3. Generate in batches; label and upload each batch while the next one generates
     published: list[PrefectFuture] = []
     results: dict[str, GenerationResult] = {}
+    upload = publish_task.with_options(**retries)
     for batch, images in _generated(_chunks(todo, engine.max_batch), engine,
                                     config.generation == "workers"):
         emit(ProgressEvent("generated", count=len(batch)))
         for job, result in zip(batch, images, strict=True):
             results[job.key] = result
             labelled = label_job_task.submit(job, result, bundle.brand)
-            published.append(publish_task.submit(store, job, result, labelled))
+            published.append(upload.submit(store, job, result, labelled))
         progress.advance_done(published)
 
     # 4. Collect: one image failing does not lose the others
     for _ in as_completed(published):
         progress.advance_done(published)
-    created, existing, failed = [], [], []
+    created, existing, failed, causes = [], [], [], {}
     for job, future in zip(todo, published, strict=True):
         try:
             image: PublishedImage = future.result()
         except Exception as exc:  # any stage's failure, after its retries: report, keep going
             failed.append(job.key)
+            causes.setdefault(type(exc).__name__, str(exc))
             logger.error("failed: %s: %s: %s", job.key, type(exc).__name__, exc)
             emit(ProgressEvent("failed", detail=job.key))
             continue
         (created if image.created else existing).append(image.key)
         emit(ProgressEvent("published", detail=image.key))
-    existing += [job.key for job in jobs if job not in todo]
+    existing += [job.key for job in jobs if job not in todo and job.key not in from_spool]
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
         existing=existing, failed=failed,
-        trend_failures=trend_failures)
+        trend_failures=trend_failures, from_spool=from_spool)
 
     # 5. Report in the UI: a table of every image and a gallery of thumbnails
     _publish_artifacts(summary, jobs, results)
-    logger.info("%d new, %d already there, %d failed", len(created), len(existing), len(failed))
+    logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
+                len(from_spool), len(existing), len(failed))
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(todo)} images failed; rerun the same week "
-                           f"to finish them: {', '.join(failed[:5])}")
+        raise RuntimeError(_failure_message(failed, len(todo), causes, Spool.for_store(store)))
 
     # 6. Approval gate: wait for a reviewer, then publish or delete
     if gated:
         pending_store = open_store(store)  # finished images still waiting for a decision
         pending = [job.key for job in jobs if pending_store.exists(job.sidecar_key)]
         if pending:
-            decision = _wait_for_review(name, week_label, pending,
-                                        bundle.campaign.approval_timeout_s)
-            summary.approval = apply_decision_task(store, pending, decision)
+            decision = wait_for_review(store, name, week_label, pending,
+                                       bundle.campaign.approval_timeout_s)
+            summary.approval = apply_decision_task(store, pending, decision,
+                                                   str(FlowRunContext.get().flow_run.id))
             logger.info("review: %s by %s: %d published, %d rejected", summary.approval.reason,
                         summary.approval.reviewer, len(summary.approval.published),
                         len(summary.approval.rejected))
     return summary
 
 
-def _wait_for_review(name: str, week: str, pending: list[str],
-                     timeout_s: int) -> ApprovalDecision | None:
-    """Pause the run with a typed form in the Prefect UI; None when nobody answered in time."""
-    from prefect.exceptions import FlowPauseTimeout
-
-    get_run_logger().info("%d images wait for review under pending/ (timeout %d s)",
-                          len(pending), timeout_s)
-    try:
-        return pause_flow_run(
-            wait_for_input=ApprovalDecision.with_initial_data(
-                description=f"Review {len(pending)} images of {name} {week}. Keys:\n"
-                            + "\n".join(f"- `{k}`" for k in pending),
-                decision="approve_all", reviewer=""),
-            timeout=timeout_s, key=f"review-{name}-{week}".lower())
-    except FlowPauseTimeout:
-        return None
+def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
+                     spool: Spool) -> str:
+    """What went wrong (first error of each kind), what was kept, and what to do."""
+    kept = set(failed) & set(spool.committed())
+    lines = [f"{len(failed)} of {attempted} images failed; rerun the same week to finish them."]
+    if kept:
+        lines.append(f"{len(kept)} of them are finished and kept in the local spool {spool.dir}: "
+                     "the next run uploads them first, without making them again.")
+    lines += [f"{kind}: {message}" for kind, message in causes.items()]
+    lines.append(f"Failed: {', '.join(failed[:5])}" + (" ..." if len(failed) > 5 else ""))
+    return "\n".join(lines)
 
 
 def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
@@ -215,15 +227,17 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
             "day": f"{job.weekday} {job.date}", "format": job.format, "variant": job.variant,
             "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
             "key": job.key, "status": "failed" if job.key in summary.failed
-            else "new" if job.key in summary.created else "already there",
+            else "new" if job.key in summary.created
+            else "from spool" if job.key in summary.from_spool else "already there",
             "generate_s": round(timings.get("image_s", 0.0), 3),
             "prompt": job.prompt.text[:160]})
     slug = summary.campaign.lower()
     create_table_artifact(key=f"{slug}-images", table=rows,
                           description=f"{summary.campaign} {summary.week}: every image")
     lines = [f"# {summary.campaign} · {summary.week}", "",
-             f"Store `{summary.store}`: {len(summary.created)} new, {len(summary.existing)} "
-             f"already there, {len(summary.failed)} failed.", ""]
+             f"Store `{summary.store}`: {len(summary.created)} new, {len(summary.from_spool)} "
+             f"from the local spool, {len(summary.existing)} already there, "
+             f"{len(summary.failed)} failed.", ""]
     for job in jobs:
         if job.key in summary.failed:
             continue

@@ -10,6 +10,16 @@ COMMENT_RESOURCE_PREFIX = "zpipe.comment."         # + comment id
 CAMPAIGN_FLOW = "weekly-campaign"
 COMMENT_FLOW = "comment-reply"
 TRENDS_FLOW = "ingest-trends"
+REVIEW_FLOW = "review-expired"
+CAMPAIGN_FAILED_EVENT = "prefect.flow-run.Failed"  # a review timeout fails the run: triggers REVIEW_FLOW
 
-__all__ = ["CAMPAIGN_FLOW", "COMMENT_EVENT", "COMMENT_FLOW", "COMMENT_RESOURCE_PREFIX",
-           "GPU_CONCURRENCY_LIMIT", "TRENDS_FLOW"]
+__all__ = [
+           "CAMPAIGN_FAILED_EVENT",
+           "CAMPAIGN_FLOW",
+           "COMMENT_EVENT",
+           "COMMENT_FLOW",
+           "COMMENT_RESOURCE_PREFIX",
+           "GPU_CONCURRENCY_LIMIT",
+           "REVIEW_FLOW",
+           "TRENDS_FLOW",
+]

@@ -105,7 +105,9 @@ def check_prefect_yaml(path: Path, doc: dict[str, Any]) -> list[str]:
     problems += [f"{where}: unknown top-level key {k!r}" for k in doc if k not in top]
     fields = set(DeploymentConfig.model_fields)
     names = _names_py()
-    flow_names = {names["CAMPAIGN_FLOW"], names["TRENDS_FLOW"], names["COMMENT_FLOW"]}
+    flow_names = {names["CAMPAIGN_FLOW"], names["TRENDS_FLOW"], names["COMMENT_FLOW"], names["REVIEW_FLOW"]}
+    trigger_events = {names["COMMENT_FLOW"]: names["COMMENT_EVENT"],
+                      names["REVIEW_FLOW"]: names["CAMPAIGN_FAILED_EVENT"]}
     trigger_adapter = TypeAdapter(DeploymentTriggerTypes)
 
     for raw, deployment in zip(doc.get("deployments", []), model.deployments, strict=True):
@@ -130,8 +132,9 @@ def check_prefect_yaml(path: Path, doc: dict[str, Any]) -> list[str]:
                 trigger_adapter.validate_python({"name": f"{deployment.name}__automation_{i}", **trigger})
             except ValidationError as exc:
                 problems.append(f"{label}: trigger {i}: {exc}")
-            if names["COMMENT_EVENT"] not in (trigger.get("expect") or []):
-                problems.append(f"{label}: trigger {i} does not expect {names['COMMENT_EVENT']!r}")
+            event = trigger_events.get(deployment.flow_name)
+            if event not in (trigger.get("expect") or []):
+                problems.append(f"{label}: trigger {i} does not expect {event!r}")
             trigger_params |= set(trigger.get("parameters") or {})
         if ":" in deployment.entrypoint:
             problems.append(f"{label}: entrypoint {deployment.entrypoint} is a file path; use the module "

@@ -86,7 +86,54 @@ def apply_decision(store: ObjectStore, pending_keys: list[str],
 
 
 @task(name="apply-approval", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def apply_decision_task(store_url: str, pending_keys: list[str],
-                        decision: ApprovalDecision | None) -> ApprovalOutcome:
-    """Publish what the reviewer approved and delete what they rejected."""
-    return apply_decision(open_store(store_url), pending_keys, decision, datetime.now(UTC))
+def apply_decision_task(store_url: str, pending_keys: list[str], decision: ApprovalDecision | None,
+                        flow_run_id: str | None = None) -> ApprovalOutcome:
+    """Publish what the reviewer approved and delete what they rejected (then its review record)."""
+    store = open_store(store_url)
+    outcome = apply_decision(store, pending_keys, decision, datetime.now(UTC))
+    if flow_run_id is not None:
+        store.delete(review_key(flow_run_id))
+    return outcome
+
+
+REVIEWS_PREFIX = "_reviews/"  # one record per suspended run, for the expiry sweep
+
+
+class ReviewRecord(BaseModel):
+    """What a suspended run left waiting: enough for the timeout to reject it without the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow_run_id: str
+    campaign: str
+    week: str
+    pending: list[str]
+    deadline: datetime
+
+
+def review_key(flow_run_id: str) -> str:
+    return f"{REVIEWS_PREFIX}{flow_run_id}.json"
+
+
+def save_review(store: ObjectStore, record: ReviewRecord) -> None:
+    store.put(review_key(record.flow_run_id), record.model_dump_json(indent=2).encode(),
+              "application/json", overwrite=True)
+
+
+def load_review(store: ObjectStore, flow_run_id: str) -> ReviewRecord | None:
+    key = review_key(flow_run_id)
+    return ReviewRecord.model_validate_json(store.get(key)) if store.exists(key) else None
+
+
+def expire_review(store: ObjectStore, flow_run_id: str, now: datetime) -> ApprovalOutcome | None:
+    """Reject what a suspended run still has under `pending/` once its review deadline passed.
+
+    None when the run left no review or its deadline is still ahead (it may yet be resumed).
+    """
+    record = load_review(store, flow_run_id)
+    if record is None or now < record.deadline:
+        return None
+    waiting = [key for key in record.pending if store.exists(f"{key}.json")]
+    outcome = apply_decision(store, waiting, None, now)
+    store.delete(review_key(flow_run_id))
+    return outcome
