@@ -44,17 +44,20 @@ def _fail(exc: Exception) -> typer.Exit:
 @app.command()
 def validate(files: Annotated[list[Path], typer.Argument(help="config YAML files")]) -> None:
     """Check config files; errors name the file, the field and the bad value (exit code 2)."""
+    from rich.markup import escape
+
     from tasks.config import load_config
 
     bad = 0
     for path in files:
         try:
             model = load_config(path)
-        except ZpipeError as exc:
-            err.print(f"[bold red]✗[/] {exc}", highlight=False)
+        except ZpipeError as exc:  # the message quotes file values: never read them as markup
+            err.print(f"[bold red]✗[/] {escape(str(exc))}", highlight=False)
             bad += 1
         else:
-            console.print(f"[green]✓[/] {path} ({model.kind})", highlight=False)  # type: ignore[attr-defined]
+            console.print(f"[green]✓[/] {escape(str(path))} ({model.kind})",  # type: ignore[attr-defined]
+                          highlight=False)
     if bad:
         raise typer.Exit(code=2)
 

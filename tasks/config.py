@@ -9,21 +9,22 @@ Secrets never live here: S3 credentials come from the environment (boto3's chain
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, LabelError
 from tasks.overlay import HeadlineStyle
 from tasks.prompts import BilingualText, PromptLibrary, PromptTemplate
 from tasks.ranking import SafetyPolicy
 from tasks.rules import Rule
 from tasks.trends import SourceFile, TrendSource, load_source
-from tasks.watermark import LabelSpec, LogoSpec, OutputSpec
+from tasks.watermark import LabelSpec, LogoSpec, OutputSpec, check_logo
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FORMATS = ("1:1", "4:5", "3:4", "9:16", "16:9")  # the engine's size presets (zengine.SIZE_PRESETS)
@@ -33,7 +34,32 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # usable as `brand.fragments.<name
 STANDARD_AXES = ("composition", "lighting", "palette", "copy")
 COLOUR_TABLE = "colours"  # the mapping table that day themes' `colour:` codes are looked up in
 
-Slug = Annotated[str, Field(pattern=SLUG.pattern, description="lower-case letters, digits, '-'")]
+MAX_YAML_BYTES = 1024 * 1024  # real config files are a few KB; a bigger one is the wrong file
+MAX_YAML_NODES = 100_000  # values once aliases are expanded: a "billion laughs" file has ~10**9
+MAX_YAML_DEPTH = 64  # nesting levels; real configs use fewer than 10
+
+
+def check_slug(value: str) -> str:
+    """Slugs become object-key segments, so they are plain ASCII: say exactly what is wrong."""
+    if SLUG.fullmatch(value):
+        return value
+    rule = ("a slug is 1-63 lower-case ASCII letters, digits and '-', starting with a letter or "
+            f"digit (pattern {SLUG.pattern}), e.g. 'autumn-latte'; it is part of every object key")
+    if not value:
+        raise ValueError(f"empty; {rule}")
+    if len(value) > 63:
+        raise ValueError(f"{len(value)} characters long; {rule}")
+    for position, char in enumerate(value):
+        if not (char.isascii() and (char.islower() or char.isdigit() or (char == "-" and position))):
+            name = unicodedata.name(char, "unnamed character")
+            raise ValueError(f"character {char!r} (U+{ord(char):04X} {name}) at position {position} "
+                             f"is not allowed; {rule}")
+    raise ValueError(rule)  # pragma: no cover - every mismatch is caught above
+
+
+Slug = Annotated[str, AfterValidator(check_slug),
+                 Field(description="lower-case letters, digits, '-'",
+                       json_schema_extra={"pattern": SLUG.pattern})]
 
 
 class Strict(BaseModel):
@@ -52,7 +78,7 @@ class Producer(Strict):
 
 def _check_names(what: str, names: Any) -> None:
     for name in names:
-        if not NAME.match(str(name)):
+        if not NAME.fullmatch(str(name)):
             raise ValueError(f"{what} name {name!r} must be lower-case letters, digits and '_', "
                              "starting with a letter (templates read it as a.<name>)")
 
@@ -124,7 +150,7 @@ class BrandConfig(Strict):
     @classmethod
     def _hex_colours(cls, value: dict[str, str]) -> dict[str, str]:
         for name, colour in value.items():
-            if not HEX_COLOUR.match(colour):
+            if not HEX_COLOUR.fullmatch(colour):
                 raise ValueError(f"colour {name!r} must be #RRGGBB (got {colour!r})")
         return value
 
@@ -299,6 +325,15 @@ class EngineSettings(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     preview_scale: float = Field(default=1.0, gt=0, le=1.0, description="side scale of presets")
     max_batch: int = Field(default=4, ge=1, le=64)
+    fast_path: Literal["auto", "on", "off"] = Field(
+        default="auto", description="GPU speed-ups (attention backend, torch.compile, "
+        "channels-last VAE), each probed at load: auto = on for CUDA, off on CPU")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "off"] = Field(
+        default="default", description="torch.compile mode for the transformer's blocks when the "
+        "fast path is on; off: run eagerly")
+    attention_backends: tuple[str, ...] | None = Field(
+        default=None, description="diffusers attention backends to try in order when the fast "
+        "path is on; default: _flash_3, _flash_varlen_3, flash, flash_varlen, _native_cudnn, native")
 
 
 class Settings(Strict):
@@ -326,22 +361,119 @@ KINDS: dict[str, type[BaseModel]] = {
 }
 
 
+class YamlLimitError(yaml.MarkedYAMLError):
+    """A YAML document over one of the reader's limits (nesting, aliases, duplicate keys)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits: time and memory stay bounded whatever the file holds.
+
+    PyYAML has no such options (nor has ruamel.yaml), so they are added here: nesting depth
+    is checked while composing (the composer recurses), alias expansion is counted on the
+    composed graph before any Python object is built, recursive aliases are refused, and so
+    are duplicate keys (PyYAML would silently keep the last one).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlLimitError(problem=f"nested more than {MAX_YAML_DEPTH} levels deep; "
+                                             "flatten the structure",
+                                     problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key_node.value!r}; keep only one of them", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, tuple[int, int]], active: set[int]) -> tuple[int, int]:
+    """(values, depth) of `node` with every alias expanded; raises over the limits or on a cycle."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in active:
+        raise YamlLimitError(problem="an alias refers to an anchor that contains it (a recursive "
+                                     "structure); zpipe configs are trees", problem_mark=node.start_mark)
+    active.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    count, depth = 1, 1
+    for child in children:
+        child_count, child_depth = _expanded_size(child, sizes, active)
+        count, depth = count + child_count, max(depth, child_depth + 1)
+        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+            limit = (f"more than {MAX_YAML_NODES} values" if count > MAX_YAML_NODES
+                     else f"nested more than {MAX_YAML_DEPTH} levels deep")
+            raise YamlLimitError(problem=f"{limit} once aliases (*name) are expanded (an alias "
+                                         "bomb?); use fewer aliases", problem_mark=node.start_mark)
+    active.discard(id(node))
+    sizes[id(node)] = (count, depth)
+    return count, depth
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse one YAML document with the safe loader and the limits above (raises yaml.YAMLError)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping; errors name the file and the line."""
+    """Read one YAML mapping (at most MAX_YAML_BYTES); errors name the file and the line."""
     if not path.is_file():
         raise ConfigError(str(path), None, "file not found; check the path")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(str(path), None, f"file is {size} bytes; a zpipe config is at most "
+                                            f"{MAX_YAML_BYTES} bytes (1 MiB): check that it is the "
+                                            "right file, or split it")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), None, f"not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+        raise ConfigError(str(path), None, f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                            "save it as UTF-8 (is it a binary file?)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "could not determine a constructor" in problem:
+            problem += " (zpipe reads plain YAML only: remove the tag)"
         raise ConfigError(str(path), None, f"invalid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(str(path), None, "the file is empty; a zpipe config is a YAML mapping "
+                                            "that starts with `kind:` (brand, campaign, prompts, "
+                                            "settings or source)")
     if not isinstance(data, dict):
-        raise ConfigError(str(path), None, "must be a YAML mapping with a `kind:` key",
-                          type(data).__name__)
+        raise ConfigError(str(path), None, "must be a YAML mapping with a `kind:` key, not a "
+                                            f"{type(data).__name__}", type(data).__name__)
     return data
 
 
@@ -523,6 +655,10 @@ def load_brand(path: str | Path) -> BrandConfig:
         logo_path = _resolve(path.parent, brand.logo.path)
         if not logo_path.is_file():
             raise ConfigError(str(path), "logo.path", "logo file not found", brand.logo.path)
+        try:
+            check_logo(logo_path)
+        except LabelError as exc:
+            raise ConfigError(str(path), "logo.path", str(exc)) from None
         brand = brand.model_copy(update={"logo": brand.logo.model_copy(update={"path": str(logo_path)})})
     if brand.label.font is not None:
         font_path = _resolve(path.parent, brand.label.font)

@@ -10,6 +10,7 @@ Besides the template text, a prompt can gain:
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,6 +73,8 @@ _COLOUR_NAMES = (
     ("purple", "紫色", 110, 50, 150),
 )
 _HEX_COLOUR = re.compile(r"^#([0-9a-fA-F]{6})$")
+MAX_PART_CHARS = 4000  # one rendered part; the text encoder reads 512 tokens of the whole prompt
+MAX_POWER_BITS = 256  # `**` results in templates: no prompt needs a number this large
 _UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
 
 # Characters that copy may not carry into a prompt: quotes of every script (they would end
@@ -121,7 +125,7 @@ class PromptTemplate(BaseModel):
     @classmethod
     def _slug(cls, name: str) -> str:
         """Names are slugs: they go into object keys and metadata."""
-        if not SLUG.match(name):
+        if not SLUG.fullmatch(name):
             raise ValueError(
                 f"template name {name!r} must be a slug of lower-case letters, digits and '-' "
                 "(e.g. 'daily-poster')"
@@ -132,7 +136,7 @@ class PromptTemplate(BaseModel):
     @classmethod
     def _semver(cls, version: str) -> str:
         """Versions look like 1.0.0 so that a change is visible in every image's metadata."""
-        if not VERSION.match(version):
+        if not VERSION.fullmatch(version):
             raise ValueError(f"version {version!r} must look like '1.0.0' (MAJOR.MINOR.PATCH)")
         return version
 
@@ -234,7 +238,7 @@ class RenderedPrompt(BaseModel):
 def colour_name(value: Any, language: str = "en") -> str:
     """Name a `#RRGGBB` colour in words (nearest of a small palette); pass anything else through."""
     text = str(value).strip()
-    match = _HEX_COLOUR.match(text)
+    match = _HEX_COLOUR.fullmatch(text)
     if not match:
         return text
     r, g, b = (int(match.group(1)[i : i + 2], 16) for i in (0, 2, 4))
@@ -250,16 +254,37 @@ def colour_name(value: Any, language: str = "en") -> str:
 
 
 class _PromptEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, with mapping keys winning over mapping methods in `a.b` lookups.
+    """The sandbox, with mapping keys winning over mapping methods in `a.b` lookups, and with
+    `*` and `**` bounded.
 
     Variables are plain dicts, and some of their keys are also dict methods: `axes.copy`,
     `mapping.colours.items` must read the value, not find `dict.copy`.
+    Jinja's sandbox blocks private attributes and caps `range`, but `'a' * 10**9` or
+    `9 ** 10**9` would still take minutes and gigabytes (and Jinja folds constant
+    expressions while compiling, i.e. at config load): intercepted operators are never folded
+    and refuse results larger than any prompt needs.
     """
+
+    intercepted_binops = frozenset({"*", "**"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and isinstance(attribute, str) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(left, int | float) and isinstance(right, int | float):
+            magnitude = max(abs(left), 2) if isinstance(left, int) else 2
+            if right > 0 and right * math.log2(magnitude) > MAX_POWER_BITS:
+                raise SecurityError(f"{left!r} ** {right!r} is too large a number for a prompt "
+                                    f"(over {MAX_POWER_BITS} bits)")
+        if operator == "*":
+            sequence, count = (left, right) if isinstance(right, int) else (right, left)
+            if (isinstance(sequence, str | list | tuple) and isinstance(count, int)
+                    and len(sequence) * count > MAX_PART_CHARS):
+                raise SecurityError(f"repeating a {type(sequence).__name__} of length "
+                                    f"{len(sequence)} {count} times exceeds {MAX_PART_CHARS} items")
+        return super().call_binop(context, operator, left, right)
 
 
 @lru_cache(maxsize=1)
@@ -303,6 +328,20 @@ def _attributes(source: str, name: str) -> frozenset[str]:
 @lru_cache(maxsize=1024)
 def _compile(source: str) -> jinja2.Template:
     return _environment().from_string(source)
+
+
+def _render_capped(template: jinja2.Template, context: Mapping[str, Any], where: str) -> str:
+    """Render, stopping as soon as the output passes MAX_PART_CHARS (a runaway loop)."""
+    chunks: list[str] = []
+    size = 0
+    for chunk in template.generate(context):
+        size += len(chunk)
+        if size > MAX_PART_CHARS:
+            raise PromptError(f"{where}: renders to more than {MAX_PART_CHARS} characters; a "
+                              "prompt part is a phrase: check the template's loops and the "
+                              "length of the values it reads")
+        chunks.append(chunk)
+    return "".join(chunks)
 
 
 def _clean(text: str) -> str:
@@ -400,7 +439,7 @@ def _render_parts(
         where = f"prompt template {template.name!r} v{template.version}, {language}.{part}"
         provided = ", ".join(sorted(context)) or "none"
         try:
-            rendered[part] = _clean(_compile(getattr(parts, part)).render(context))
+            rendered[part] = _clean(_render_capped(_compile(getattr(parts, part)), context, where))
         except jinja2.UndefinedError as err:
             missing = _UNDEFINED_NAME.match(err.message or "")
             if missing:

@@ -75,8 +75,13 @@ class RankingConfig(BaseModel):
 
 
 def _words(title: str) -> str:
-    """NFKC, casefolded, every run of non-word characters (and '_') a single space."""
-    return " ".join(re.split(r"[\W_]+", unicodedata.normalize("NFKC", title).casefold())).strip()
+    """NFKC, casefolded, every run of non-word characters (and '_') a single space.
+
+    Invisible format characters (zero-width space or joiner, bidi controls) are dropped
+    first: "b\u200bomb" is the word "bomb", not "b omb", so it cannot slip past a blocklist.
+    """
+    visible = "".join(ch for ch in title if unicodedata.category(ch) not in ("Cf", "Cs", "Co"))
+    return " ".join(re.split(r"[\W_]+", unicodedata.normalize("NFKC", visible).casefold())).strip()
 
 
 def _has_cjk(text: str) -> bool:

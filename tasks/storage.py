@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import threading
+import unicodedata
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,33 @@ _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # 's3:bucket' is a typo
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+MAX_SEGMENT_BYTES = 255  # NAME_MAX of common filesystems: a LocalStore key segment is a file name
+# Characters that draw nothing or reorder what is drawn (zero-width, bidi overrides, BOM,
+# line/paragraph separators) or cannot be stored (surrogates, private use): a key holding
+# one looks like another key in every listing.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _key_problem(key: str) -> str | None:
+    """Why `key` (or a list prefix) is unsafe as a relative object key, or None."""
+    if key.startswith("/"):
+        return "it starts with '/'"
+    if "\\" in key:
+        return "it contains a backslash"
+    for position, char in enumerate(key):
+        category = unicodedata.category(char)
+        if category in _HIDDEN_CATEGORIES:
+            kind = "a control character" if category == "Cc" else "an invisible or bidi character"
+            name = unicodedata.name(char, "unnamed")
+            return f"it contains {kind} U+{ord(char):04X} ({name}) at position {position}"
+    if ".." in key.split("/"):
+        return "it has a '..' path segment"
+    too_long = next((p for p in key.split("/") if len(p.encode("utf-8")) > MAX_SEGMENT_BYTES), None)
+    if too_long is not None:
+        return f"a path segment is {len(too_long.encode('utf-8'))} bytes (at most {MAX_SEGMENT_BYTES})"
+    return None
+
+
 def validate_key(key: str) -> str:
     """Return `key` if it is a safe relative object key, else raise StoreError naming it."""
     fix = "use a relative path like 'demo/campaign/2025-06-02/img-0001.jpg'"
@@ -39,14 +67,8 @@ def validate_key(key: str) -> str:
         raise StoreError(f"invalid object key {key!r}: it is empty; {fix}")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise StoreError(f"invalid object key {key[:60]!r}...: longer than {MAX_KEY_BYTES} bytes")
-    reason = None
-    if key.startswith("/"):
-        reason = "it starts with '/'"
-    elif "\\" in key:
-        reason = "it contains a backslash"
-    elif any(ord(c) < 0x20 or c == "\x7f" for c in key):
-        reason = "it contains a control character"
-    elif any(part in ("", ".", "..") for part in key.split("/")):
+    reason = _key_problem(key)
+    if reason is None and any(part in ("", ".") for part in key.split("/")):
         reason = "it has an empty, '.' or '..' path segment"
     if reason:
         raise StoreError(f"invalid object key {key!r}: {reason}; {fix}")
@@ -54,9 +76,10 @@ def validate_key(key: str) -> str:
 
 
 def _validate_prefix(prefix: str) -> str:
-    """A list() prefix: empty, or a key start without '..', leading '/' or backslash."""
-    if prefix and (prefix.startswith("/") or "\\" in prefix or ".." in prefix.split("/")):
-        raise StoreError(f"invalid list prefix {prefix!r}: use a relative path like 'demo/'")
+    """A list() prefix: empty, or a key start that is safe (it may end in '/')."""
+    reason = _key_problem(prefix) if prefix else None
+    if reason:
+        raise StoreError(f"invalid list prefix {prefix!r}: {reason}; use a relative path like 'demo/'")
     return prefix
 
 

@@ -33,6 +33,7 @@ import feedparser
 import httpx
 import jmespath
 import jmespath.exceptions
+import regex
 import yaml
 from prefect import get_run_logger, task
 from pydantic import (
@@ -91,6 +92,17 @@ _BOMS = (  # UTF-32 first: its little-endian mark starts with UTF-16's
 _XML_DECL_ENCODING = re.compile(rb"""^\s*<\?xml\b[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
 _XML_DECL_ENCODING_TEXT = re.compile(r"""^(\s*<\?xml\b[^>]*?)\s+encoding\s*=\s*(["'])[^"']*\2""")
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+
+# Titles become prompt text, sidecar fields and history keys: longer is not a trend title.
+MAX_TITLE_CHARS = 200
+
+# Control, format (zero-width, bidi overrides, BOM), surrogate, private-use and other
+# default-ignorable characters: they draw nothing, reorder text or hide words from filters.
+_INVISIBLE = regex.compile(r"[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Default_Ignorable_Code_Point}]")
+
+# An XML entity declaration. Real feeds never declare entities; hostile ones do, to expand a
+# few bytes into gigabytes ("billion laughs", quadratic blowup) or to read local files (XXE).
+_ENTITY_DECLARATION = re.compile(r"<!ENTITY", re.IGNORECASE)
 
 SourceKind = Literal["rss", "json", "csv", "yaml"]
 
@@ -345,6 +357,13 @@ def _plain_text(value: str) -> str:
 
 def _collapse(value: str) -> str:
     return " ".join(value.split())
+
+
+def _clean_title(value: str) -> str:
+    """One line of visible text: whitespace collapsed, invisible and bidi characters dropped,
+    cut to MAX_TITLE_CHARS."""
+    text = _collapse(_INVISIBLE.sub(lambda m: " " if m.group().isspace() else "", value))
+    return text[:MAX_TITLE_CHARS].rstrip()
 
 
 def _to_score(value: Any) -> float | None:
@@ -827,12 +846,19 @@ def parse_rss(data: bytes | str, source_name: str, content_type: str | None = No
     """
     if isinstance(data, bytes):
         data = decode_body(data, source_name, content_type, xml=True).text
+    if declared := _ENTITY_DECLARATION.search(data):
+        line = data.count("\n", 0, declared.start()) + 1
+        raise SourceError(
+            f"trend source {source_name!r}: the feed declares an XML entity (<!ENTITY on line "
+            f"{line}); zpipe refuses such feeds, since entities can expand into gigabytes or read "
+            "local files (XXE). Use a feed without a DOCTYPE internal subset"
+        )
     # A BytesIO, never raw bytes or str: feedparser would try to open text that looks like a path.
     feed = feedparser.parse(io.BytesIO(_utf8_xml(data)))
     score_fields = (score_field, *RSS_SCORE_FIELDS) if score_field else RSS_SCORE_FIELDS
     trends: list[Trend] = []
     for entry in feed.entries:
-        title = _plain_text(entry.get("title", ""))
+        title = _clean_title(_plain_text(entry.get("title", "")))
         if not title:
             continue
         score = next(
@@ -879,6 +905,11 @@ def parse_json(data: bytes | str, mapping: JsonMapping, source_name: str,
             f"trend source {source_name!r}: invalid JSON at line {err.lineno}, "
             f"column {err.colno}: {err.msg}"
         ) from err
+    except RecursionError:
+        raise SourceError(f"trend source {source_name!r}: the JSON is nested too deeply to read; "
+                          "check that the URL serves the hot list") from None
+    except ValueError as err:  # e.g. an integer over Python's 4300-digit limit
+        raise SourceError(f"trend source {source_name!r}: unreadable JSON value: {err}") from None
 
     # 2. Locate the items and read their fields
     return _mapped_trends(document, mapping, source_name)
@@ -913,8 +944,10 @@ def parse_yaml(data: bytes | str, source_name: str, mapping: JsonMapping | None 
     """Parse a hand-made YAML list (of titles, or of {title, score, url, published, tags})."""
     if isinstance(data, bytes):
         data = decode_body(data, source_name, content_type).text
+    from tasks.config import load_yaml_text  # tasks.config imports this module
+
     try:
-        document = yaml.safe_load(data)
+        document = load_yaml_text(data)  # safe, and bounded: no alias bombs, no deep nesting
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -951,7 +984,7 @@ def _mapped_trends(document: Any, mapping: JsonMapping, source_name: str,
         raw_title = title_expr.search(item)
         if isinstance(raw_title, int | float) and not isinstance(raw_title, bool):
             raw_title = str(raw_title)
-        title = _collapse(raw_title) if isinstance(raw_title, str) else ""
+        title = _clean_title(raw_title) if isinstance(raw_title, str) else ""
         if not title:
             continue
         url = url_expr.search(item) if url_expr else None

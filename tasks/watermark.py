@@ -529,6 +529,45 @@ def label_image(
     return encode_image(labelled, output, aigc_xmp(implicit, extra)), placement
 
 
+MAX_LOGO_BYTES = 10 * 1024 * 1024  # a logo file; bigger is the wrong file (or a bomb)
+MAX_LOGO_PIXELS = 4096 * 4096  # drawn at most half an image's width: 4096 px wide is plenty
+LOGO_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def check_logo(path: str | Path) -> tuple[int, int]:
+    """Decode a logo file fully, within size limits, and return its (width, height).
+
+    Run when a brand is loaded, so a broken logo fails `zpipe validate` instead of every
+    image of a campaign after generation. The pixel count is read from the header before any
+    decoding: a small file that claims a huge image (a decompression bomb) is refused unread.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise LabelError(f"logo {str(path)!r} is an empty file; export the logo as PNG again")
+    if size > MAX_LOGO_BYTES:
+        raise LabelError(f"logo {str(path)!r} is {size} bytes, over the {MAX_LOGO_BYTES}-byte limit; "
+                         "export a smaller PNG (a logo needs at most 4096 px a side)")
+    try:
+        with Image.open(path, formats=LOGO_FORMATS) as im:
+            pixels = im.width * im.height
+            if pixels > MAX_LOGO_PIXELS:
+                raise LabelError(f"logo {str(path)!r} is {im.width}x{im.height} pixels, over the "
+                                 f"{MAX_LOGO_PIXELS}-pixel limit; scale it down to at most 4096 px "
+                                 "a side")
+            im.load()
+            return im.size
+    except Image.DecompressionBombError as exc:
+        raise LabelError(f"logo {str(path)!r} refused as a decompression bomb ({exc}); use a real "
+                         "logo of at most 4096 px a side") from None
+    except UnidentifiedImageError:
+        raise LabelError(f"logo {str(path)!r} is not a {', '.join(LOGO_FORMATS)} image (its first "
+                         f"bytes: {path.read_bytes()[:8].hex(' ')}); export the logo as PNG") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt image data
+        raise LabelError(f"logo {str(path)!r} cannot be decoded ({exc}); the file is truncated or "
+                         "corrupt: export it again") from None
+
+
 def decode_image(data: bytes, what: str) -> Image.Image:
     """Decode image bytes fully, or raise LabelError naming what they were."""
     try:

@@ -6,11 +6,14 @@ or a model is built.
 
 from zengine.engine import (
     Z_IMAGE_TURBO,
+    BatchRecord,
+    GenerationOutOfMemory,
     GenerationRequest,
     GenerationResult,
     ModelSource,
     TurboEngine,
 )
+from zengine.fast import FastPath, FastPathReport
 from zengine.lora import LoraSpec, build_tiny_lora
 from zengine.seeds import derive_seed
 from zengine.sizes import SIZE_PRESETS, size_for
@@ -21,6 +24,10 @@ __all__ = [
     "TINY_MODEL_ID",
     "TINY_REVISION",
     "Z_IMAGE_TURBO",
+    "BatchRecord",
+    "FastPath",
+    "FastPathReport",
+    "GenerationOutOfMemory",
     "GenerationRequest",
     "GenerationResult",
     "LoraSpec",

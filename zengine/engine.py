@@ -7,7 +7,9 @@ worker) never pay their ~10 s import.
 
 from __future__ import annotations
 
+import gc
 import io
+import logging
 import re
 import threading
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zengine._imports import import_model_libraries
+from zengine.fast import FastPath, FastPathReport, apply_fast_path
 from zengine.lora import LoraSpec
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
@@ -24,6 +27,9 @@ from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
 if TYPE_CHECKING:
     import torch
     from diffusers import ZImagePipeline
+    from PIL.Image import Image
+
+log = logging.getLogger(__name__)
 
 Z_IMAGE_TURBO = "Tongyi-MAI/Z-Image-Turbo"
 
@@ -33,8 +39,8 @@ MAX_SEQUENCE_LENGTH = 512  # the pipeline pads/truncates the chat-templated prom
 TURBO_SHIFT = 3.0  # Z-Image-Turbo's FlowMatchEulerDiscreteScheduler shift
 
 # Flash-attention backends that reject the attention mask a batch of prompts of different
-# lengths needs (DESIGN.md); their `*_varlen` variants and SDPA accept it.
-_MASKLESS_BACKENDS = frozenset({"flash", "_flash_3"})
+# lengths needs (DESIGN.md), and their `*_varlen` variants, which accept it.
+_MASKLESS_BACKENDS = {"flash": "flash_varlen", "_flash_3": "_flash_varlen_3"}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -119,6 +125,19 @@ class GenerationRequest:
     loras: tuple[LoraSpec, ...] = ()  # brand style adapters active for this image
 
 
+@dataclass(frozen=True)
+class BatchRecord:
+    """How an image's batch ran: planned size, the size of the call that made it, OOM halvings."""
+
+    requested: int = 1  # images in the batch the engine planned (up to max_batch)
+    used: int = 1  # images in the pipeline call that made this one
+    oom_splits: int = 0  # times this image's batch was halved after running out of GPU memory
+
+
+class GenerationOutOfMemory(RuntimeError):
+    """Even one image does not fit in GPU memory; the message says what to try."""
+
+
 @dataclass
 class GenerationResult:
     """One finished image as PNG bytes, with everything needed to reproduce it."""
@@ -133,6 +152,26 @@ class GenerationResult:
     model_id: str
     revision: str
     timings: dict[str, float] = field(default_factory=dict)
+    batch: BatchRecord = field(default_factory=BatchRecord)
+
+
+@dataclass
+class _Made:
+    """One image from a pipeline call, with how that call ran."""
+
+    image: Image
+    batch_s: float
+    used: int
+    oom_splits: int
+
+
+def _release_cached_memory() -> None:
+    """Return the blocks PyTorch's caching allocator holds, so a smaller batch can fit."""
+    import torch
+
+    gc.collect()  # tensors kept alive by reference cycles (e.g. of the failed call's frames)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _nearest_side(value: int) -> int:
@@ -156,6 +195,7 @@ class TurboEngine:
         *,
         attention: str | None = None,
         strict_token_limit: bool | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
         import torch
 
@@ -164,8 +204,8 @@ class TurboEngine:
         if attention in _MASKLESS_BACKENDS and max_batch > 1:
             raise ValueError(
                 f"Attention backend {attention!r} rejects the mask that a batch of prompts of "
-                f"different lengths needs (max_batch={max_batch}): use {attention + '_varlen'!r}"
-                ", SDPA (attention=None) or max_batch=1."
+                f"different lengths needs (max_batch={max_batch}): use "
+                f"{_MASKLESS_BACKENDS[attention]!r}, SDPA (attention=None) or max_batch=1."
             )
         self.source = source
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -174,7 +214,14 @@ class TurboEngine:
             torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         )
         self.max_batch = max_batch
-        self.attention = attention  # None: diffusers' default (PyTorch SDPA)
+        self.attention = attention  # None: diffusers' default (PyTorch SDPA) or the fast path's
+        # The GPU speed-ups probed at load (default "auto": on for CUDA, off on CPU), and what
+        # they turned out to be; see zengine.fast.
+        self.fast_path = fast_path or FastPath()
+        self.fast_path_report: FastPathReport | None = None  # what the fast path used, after load
+        # Called with the batch size right before each pipeline call. Only zengine.faults sets
+        # it (tests inject out-of-memory errors there); None in production.
+        self.fault_hook: Callable[[int], None] | None = None
         # The tiny model's byte-level tokenizer (no merges) counts ~3 tokens per Chinese
         # character where Qwen's counts ~1, so a prompt that fits the real encoder's 512
         # tokens can overflow the tiny one. For tiny the pipeline's own truncation applies
@@ -248,10 +295,19 @@ class TurboEngine:
             pipe.transformer.set_attention_backend(self.attention)
         pipe.set_progress_bar_config(disable=True)  # progress goes to on_step instead
         pipe.to(self.device)
+        load_s = time.perf_counter() - start
+
+        # 4. The fast path, probed on the device: attention backend, compile, VAE layout.
+        #    Its time (mostly compiling) is `fast_path_report.setup_s`, not `load_s`.
+        if self.fast_path.active_on(self.device):
+            self.fast_path_report = apply_fast_path(
+                pipe, self.fast_path, batched=self.max_batch > 1,
+                attention_fixed=self.attention is not None)
+            log.info("Fast path: %s", self.fast_path_report.as_dict())
 
         self._pipe = pipe
         self.load_count += 1
-        self.load_s = time.perf_counter() - start
+        self.load_s = load_s  # weights: from_pretrained + move to the device
 
     # ---------------------------------------------------------------- validation
 
@@ -394,28 +450,12 @@ class TurboEngine:
     def _run_batch(
         self, pipe: ZImagePipeline, chunk: list[GenerationRequest], progress: _Progress
     ) -> list[GenerationResult]:
-        import torch
-
-        first = chunk[0]
-        start = time.perf_counter()
-        images = pipe(
-            prompt=[r.prompt for r in chunk],  # a fresh list: the pipeline rewrites it in place
-            width=first.width,
-            height=first.height,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            generator=[torch.Generator(self.device).manual_seed(r.seed) for r in chunk],
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            callback_on_step_end=progress.callback,
-            output_type="pil",
-        ).images
-        batch_s = time.perf_counter() - start
-
+        made = self._make_images(pipe, chunk, progress, requested=len(chunk), splits=0)
         results = []
-        for request, image in zip(chunk, images, strict=True):
+        for request, item in zip(chunk, made, strict=True):
             encode_start = time.perf_counter()
             buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
+            item.image.save(buffer, format="PNG")
             results.append(
                 GenerationResult(
                     png=buffer.getvalue(),
@@ -428,14 +468,84 @@ class TurboEngine:
                     model_id=self.source.model_id,
                     revision=self.source.revision_label,
                     timings={
-                        "batch_s": batch_s,
-                        "image_s": batch_s / len(chunk),
+                        "batch_s": item.batch_s,
+                        "image_s": item.batch_s / item.used,
                         "encode_s": time.perf_counter() - encode_start,
-                        "batch_size": float(len(chunk)),
+                        "batch_size": float(item.used),
                     },
+                    batch=BatchRecord(requested=len(chunk), used=item.used,
+                                      oom_splits=item.oom_splits),
                 )
             )
         return results
+
+    def _make_images(self, pipe: ZImagePipeline, chunk: list[GenerationRequest],
+                     progress: _Progress, requested: int, splits: int) -> list[_Made]:
+        """Run `chunk` as one pipeline call; out of GPU memory, halve it and retry each half.
+
+        Every image keeps its own seeded generator, so a split batch makes the same images (up
+        to the last-bit rounding that depends on batch size). One image that still does not
+        fit raises `GenerationOutOfMemory`.
+        """
+        import torch
+
+        done_before = progress.done
+        try:
+            start = time.perf_counter()
+            images = self._call_pipeline(pipe, chunk, progress)
+            batch_s = time.perf_counter() - start
+            return [_Made(image, batch_s, len(chunk), splits) for image in images]
+        except torch.cuda.OutOfMemoryError as exc:
+            if len(chunk) == 1:
+                raise GenerationOutOfMemory(self._oom_message(chunk[0], requested)) from exc
+            reason = str(exc).splitlines()[0][:200] if str(exc) else "out of memory"
+        # Freed here, after the except block: until then the exception's traceback keeps the
+        # failed call's frames, and the tensors they hold, alive.
+        _release_cached_memory()
+        half = (len(chunk) + 1) // 2
+        log.warning(
+            "Out of GPU memory with a batch of %d %dx%d images (%d steps): retrying as %d + %d "
+            "(%s).", len(chunk), chunk[0].width, chunk[0].height, chunk[0].steps, half,
+            len(chunk) - half, reason)
+        # The failed call's steps were reported, and one more call now runs: grow the total.
+        progress.add_work(progress.done - done_before + chunk[0].steps)
+        return (self._make_images(pipe, chunk[:half], progress, requested, splits + 1)
+                + self._make_images(pipe, chunk[half:], progress, requested, splits + 1))
+
+    def _call_pipeline(self, pipe: ZImagePipeline, chunk: list[GenerationRequest],
+                       progress: _Progress) -> list[Image]:
+        import torch
+
+        first = chunk[0]
+        if self.fault_hook is not None:  # tests only: raises here what a full GPU would
+            self.fault_hook(len(chunk))
+        return pipe(
+            prompt=[r.prompt for r in chunk],  # a fresh list: the pipeline rewrites it in place
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=[torch.Generator(self.device).manual_seed(r.seed) for r in chunk],
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            callback_on_step_end=progress.callback,
+            output_type="pil",
+        ).images
+
+    def _oom_message(self, request: GenerationRequest, requested: int) -> str:
+        import torch
+
+        memory = ""
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            memory = f"; {free / 2**30:.1f} of {total / 2**30:.1f} GiB free now"
+        split = f" after splitting its batch of {requested} down to 1" if requested > 1 else ""
+        return (
+            f"Out of GPU memory making one {request.width}x{request.height} image "
+            f"({request.steps} steps) on {self.device} ({self.dtype}){split}{memory}. Try: "
+            "free GPU memory held by other processes (see nvidia-smi), smaller images (e.g. "
+            "size_for(fmt, scale=0.5), or a lower engine preview_scale), or a GPU with more "
+            "memory."
+        )
 
 
 class _Progress:
@@ -445,6 +555,10 @@ class _Progress:
         self.on_step = on_step
         self.total = total
         self.done = 0
+
+    def add_work(self, steps: int) -> None:
+        """Steps that an out-of-memory retry adds (`done` never goes back)."""
+        self.total += steps
 
     def callback(
         self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,13 +159,20 @@ def default_cache_root() -> Path:
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     """Return `<cache_dir>/models/<TINY_REVISION>` holding the saved tiny pipeline.
 
-    `cache_dir` is a cache root (default: $ZPIPE_CACHE, else ~/.cache/zpipe). The model is
-    built on first call into a temporary directory beside the target and renamed into place,
-    so a crash never leaves a half-saved model, and of two racing processes the second to
-    finish keeps the first one's copy and discards its own.
+    `cache_dir` is a cache root (default: $ZPIPE_CACHE, else ~/.cache/zpipe). Built and saved
+    on first call (see `save_once`).
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    target = root / "models" / TINY_REVISION
+    return save_once(root / "models" / TINY_REVISION, build_tiny_pipeline)
+
+
+def save_once(target: Path, build: Callable[[], ZImagePipeline]) -> Path:
+    """Save `build()` with `save_pretrained` at `target` unless a saved model is already there.
+
+    The model is saved into a temporary directory beside the target and renamed into place, so
+    a crash never leaves a half-saved model, and of two racing processes the second to finish
+    keeps the first one's copy and discards its own.
+    """
     if (target / "model_index.json").is_file():
         return target
 
@@ -172,7 +180,7 @@ def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
     try:
-        build_tiny_pipeline().save_pretrained(staging)
+        build().save_pretrained(staging)
         try:
             staging.rename(target)
         except OSError:
