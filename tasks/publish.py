@@ -2,6 +2,10 @@
 
 The image is uploaded first and its sidecar last: a sidecar in the store means the image
 beside it is complete, so a run that died half-way is finished by the next run.
+
+Before its upload, every finished image is kept in the durable local spool (tasks.spool): an
+upload that fails after its retries (S3 down for longer than `ZPIPE_UPLOAD_PATIENCE_S`) leaves
+the image there, and the next run uploads it first (`recover_spool`) instead of making it again.
 """
 
 from __future__ import annotations
@@ -9,20 +13,23 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import BrandConfig
+from tasks.errors import ConfigError, StoreError
 from tasks.overlay import Box, OverlayPlacement, draw_headline
 from tasks.plan import ImageJob
 from tasks.provenance import load_signing_config
 from tasks.provenance import sign as sign_c2pa
+from tasks.spool import SIDECAR_SUFFIX, Spool, SpoolEntryError, SpoolError
 from tasks.storage import ObjectStore, open_store
 from tasks.watermark import (
     ImplicitLabel,
@@ -38,6 +45,9 @@ from tasks.watermark import (
 from zengine import GenerationResult
 
 SIDECAR_SCHEMA = "zpipe.sidecar/1"
+UPLOAD_PATIENCE_S = 60.0  # how long uploads retry: rides out an S3 restart or failover
+PATIENCE_ENV = "ZPIPE_UPLOAD_PATIENCE_S"
+MAX_RETRY_DELAY_S = 15.0  # backoff 1, 2, 4, 8, 15, 15, ... s: an S3 back up is seen within 15 s
 
 
 class LabelledImage(BaseModel):
@@ -213,35 +223,153 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
     }
 
 
-def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
-                  sidecar: dict[str, Any]) -> PublishedImage:
+def sidecar_bytes(sidecar: dict[str, Any]) -> bytes:
+    """The sidecar exactly as stored (and spooled)."""
+    return json.dumps(sidecar, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def object_metadata(sidecar: dict[str, Any]) -> dict[str, str]:
+    """S3 user metadata of an image and its sidecar, read from the sidecar (spooled images too)."""
+    template = sidecar["template"]
+    return {"content-id": sidecar["content_id"], "seed": str(sidecar["seed"]),
+            "template": f"{template['name']}@{template['version']}"}
+
+
+def upload_image(store: ObjectStore, key: str, data: bytes, sidecar: bytes) -> bool:
     """Upload the image, then its sidecar (the commit marker that says the image is whole).
 
-    Only jobs without a sidecar get here, so an image already at the key is a leftover of a
-    run that died mid-upload: it is overwritten (keys are content-addressed, so a complete
-    leftover is replaced by the same picture).
+    Returns True if the image was not in the store before. An image already at the key is a
+    leftover of a run that died mid-upload: keys are content-addressed, so it is overwritten
+    by the same picture.
     """
-    metadata = {"content-id": job.content_id, "seed": str(job.seed),
-                "template": f"{job.prompt.template}@{job.prompt.version}"}
-    existed = store.exists(job.key)
-    store.put(job.key, labelled.data, job.output.content_type, metadata, overwrite=True)
-    body = json.dumps(sidecar, ensure_ascii=False, indent=2).encode("utf-8")
-    store.put(job.sidecar_key, body, "application/json", metadata, overwrite=True)
-    return PublishedImage(key=job.key, sidecar_key=job.sidecar_key, created=not existed,
+    record = json.loads(sidecar)
+    metadata = object_metadata(record)
+    existed = store.exists(key)
+    store.put(key, data, record["output"]["content_type"], metadata, overwrite=True)
+    store.put(key + SIDECAR_SUFFIX, sidecar, "application/json", metadata, overwrite=True)
+    return not existed
+
+
+def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
+                  sidecar: dict[str, Any], spool: Spool | None = None) -> PublishedImage:
+    """Keep the image in the spool (if given), upload it, then drop it from the spool.
+
+    Only jobs without a sidecar in the store get here. When the upload fails the image stays
+    in the spool, and the error says so.
+    """
+    body = sidecar_bytes(sidecar)
+    if spool is not None:
+        spool.put(job.key, labelled.data, body)
+    try:
+        created = upload_image(store, job.key, labelled.data, body)
+    except StoreError as exc:
+        if spool is None:
+            raise
+        raise StoreError(f"{exc} (the image is kept in the local spool {spool.dir}; the next run "
+                         "uploads it first instead of making it again)") from exc
+    if spool is not None:
+        spool.remove(job.key)
+    return PublishedImage(key=job.key, sidecar_key=job.sidecar_key, created=created,
                           size_bytes=len(labelled.data))
 
 
-def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
-    """Jobs whose sidecar is not in the store yet (the image may be missing or partial).
+class SpoolRecovery(BaseModel):
+    """What `recover_spool` did: images uploaded from the spool, and entries it threw away."""
 
-    A job planned under `pending/` also counts as done once it was approved to `published/`.
+    model_config = ConfigDict(extra="forbid")
+
+    spool: str
+    uploaded: list[str]
+    already_stored: list[str]
+    discarded: list[str]
+
+
+def recover_spool(store: ObjectStore, spool: Spool) -> SpoolRecovery:
+    """Upload what earlier runs left in the spool, then check there is room for this run.
+
+    Runs before `find_missing`, so a recovered image counts as done and is never generated
+    again. Half-written or corrupt entries are discarded (their images are made again), never
+    uploaded. The room check comes last: uploading the leftovers frees their space.
     """
-    def done(job: ImageJob) -> bool:
-        if store.exists(job.sidecar_key):
-            return True
-        return job.key.startswith("pending/") and store.exists(
-            "published/" + job.sidecar_key.removeprefix("pending/"))
-    return [job for job in jobs if not done(job)]
+    discarded = spool.sweep()
+    uploaded, already = [], []
+    for key in spool.committed():
+        try:
+            entry = spool.load(key)
+        except SpoolEntryError as exc:
+            spool.remove(key)
+            discarded.append(f"{exc}; discarded, the next run makes it again")
+            continue
+        if entry is None:
+            continue  # another run uploaded it meanwhile
+        if is_done(store, key):
+            already.append(key)
+        else:
+            upload_image(store, key, entry.data, entry.sidecar)
+            uploaded.append(key)
+        spool.remove(key)
+    spool.check_room(0)
+    return SpoolRecovery(spool=str(spool.dir), uploaded=uploaded, already_stored=already,
+                         discarded=discarded)
+
+
+def upload_patience_s() -> float:
+    """Seconds uploads keep retrying: `$ZPIPE_UPLOAD_PATIENCE_S`, else UPLOAD_PATIENCE_S."""
+    raw = os.environ.get(PATIENCE_ENV, "").strip()
+    if not raw:
+        return UPLOAD_PATIENCE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise ConfigError("environment", PATIENCE_ENV,
+                          "must be a number of seconds from 0 to 86400, e.g. 60", raw)
+    return value
+
+
+def retry_delays(patience_s: float) -> list[float]:
+    """Backoff delays (1, 2, 4, ... s, at most MAX_RETRY_DELAY_S each) adding up to `patience_s`."""
+    delays: list[float] = []
+    step = 1.0
+    while sum(delays) < patience_s:
+        delays.append(min(step, MAX_RETRY_DELAY_S, patience_s - sum(delays)))
+        step *= 2
+    return delays
+
+
+def upload_retries(patience_s: float | None = None) -> dict[str, Any]:
+    """Task options for upload retries, e.g. `publish_task.with_options(**upload_retries())`."""
+    delays = retry_delays(upload_patience_s() if patience_s is None else patience_s)
+    return {"retries": len(delays), "retry_delay_seconds": delays}
+
+
+def retry_unless_spool_fails(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: a full or unwritable spool needs a person, not another try."""
+    try:
+        state.result()
+    except SpoolError:
+        return False
+    except Exception:  # any other failure (S3 unreachable, ...) may pass: retry
+        return True
+    return True
+
+
+def is_done(store: ObjectStore, key: str) -> bool:
+    """True if the store holds the sidecar of `key`.
+
+    A key planned under `pending/` also counts as done once it was approved to `published/`.
+    """
+    sidecar_key = key + SIDECAR_SUFFIX
+    if store.exists(sidecar_key):
+        return True
+    return key.startswith("pending/") and store.exists(
+        "published/" + sidecar_key.removeprefix("pending/"))
+
+
+def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
+    """Jobs whose sidecar is not in the store yet (the image may be missing or partial)."""
+    return [job for job in jobs if not is_done(store, job.key)]
 
 
 @task(name="find-missing", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -266,8 +394,24 @@ def label_job_task(job: ImageJob, result: GenerationResult, brand: BrandConfig) 
 
 
 @task(name="upload-image", task_run_name=_job_name("upload"), cache_policy=NO_CACHE,
-      retries=3, retry_delay_seconds=[1, 4, 10])
+      retry_condition_fn=retry_unless_spool_fails, **upload_retries(UPLOAD_PATIENCE_S))
 def publish_task(store_url: str, job: ImageJob, result: GenerationResult,
                  labelled: LabelledImage) -> PublishedImage:
-    """Upload stage: labelled image then sidecar to the object store."""
-    return publish_image(_store(store_url), job, labelled, build_sidecar(job, result, labelled))
+    """Upload stage: spool the labelled image, upload it then its sidecar, unspool it."""
+    return publish_image(_store(store_url), job, labelled, build_sidecar(job, result, labelled),
+                         Spool.for_store(store_url))
+
+
+@task(name="recover-spool", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_spool_fails,
+      **upload_retries(UPLOAD_PATIENCE_S))
+def recover_spool_task(store_url: str) -> SpoolRecovery:
+    """Upload the images earlier runs left in the local spool, before anything is planned anew."""
+    logger = get_run_logger()
+    recovery = recover_spool(_store(store_url), Spool.for_store(store_url))
+    for line in recovery.discarded:
+        logger.warning(line)
+    if recovery.uploaded or recovery.already_stored:
+        logger.info("%d images uploaded from the local spool %s (%d were already stored): left by "
+                    "an earlier run, not made again", len(recovery.uploaded), recovery.spool,
+                    len(recovery.already_stored))
+    return recovery
