@@ -127,10 +127,10 @@ def run(
             raise typer.Exit(code=1) from None
 
     table = Table(title=f"{summary.campaign} {summary.week}")
-    for column in ("new", "already there", "failed", "store"):
+    for column in ("new", "already there", "failed", "from spool", "store"):
         table.add_column(column)
     table.add_row(str(len(summary.created)), str(len(summary.existing)), str(len(summary.failed)),
-                  summary.store)
+                  str(len(summary.from_spool)), summary.store)
     console.print(table)
     for failure in summary.trend_failures:
         err.print(f"[yellow]trend source skipped:[/] {failure}", highlight=False)

@@ -10,6 +10,7 @@ the image there, and the next run uploads it first (`recover_spool`) instead of 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -206,6 +207,7 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
         "steps": result.steps,
         "guidance_scale": result.guidance_scale,
         "model": {"id": result.model_id, "revision": result.revision},
+        "batch": dataclasses.asdict(result.batch),  # how the batch ran: OOM splits show here
         "size": {"width": result.width, "height": result.height},
         "output": {"format": job.output.format, "quality": job.output.quality,
                    "content_type": job.output.content_type, "bytes": len(labelled.data)},

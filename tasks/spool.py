@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import StoreError, ZpipeError
-from tasks.storage import _TMP_MARK, LocalStore, validate_key
+from tasks.storage import TMP_MARK, LocalStore, validate_key
 from zengine.tiny import default_cache_root
 
 SPOOL_ENV = "ZPIPE_SPOOL"
@@ -209,7 +209,7 @@ class Spool:
         for dirpath, dirs, files in os.walk(self.dir, topdown=False):
             for name in files:
                 path = Path(dirpath) / name
-                if _TMP_MARK in name and self._older(path, now):
+                if TMP_MARK in name and self._older(path, now):
                     path.unlink(missing_ok=True)
                     swept.append(f"temporary file {path} left by an interrupted write, discarded")
             if not dirs and not files and Path(dirpath) != self.dir and self._older(Path(dirpath), now):

@@ -21,7 +21,7 @@ from tasks.errors import StoreError
 
 MAX_KEY_BYTES = 1024  # S3's limit on key length
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata (keys + values)
-_TMP_MARK = ".zpipe-tmp-"  # LocalStore temp files: hidden from list()
+TMP_MARK = ".zpipe-tmp-"  # LocalStore temp files: hidden from list()
 _URL_FORMS = "file:///abs/dir, file://./rel/dir, a plain path (dir or ./dir), s3://bucket[/prefix]"
 _CREDENTIAL_VARS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -146,7 +146,7 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
         except OSError as exc:
             raise StoreError(f"cannot write {key!r} in {self.describe()}: {exc}") from exc
         try:
@@ -193,7 +193,7 @@ class LocalStore(ObjectStore):
         for dirpath, _dirs, files in os.walk(self.root):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in files:
-                if name.startswith(".") and _TMP_MARK in name:
+                if name.startswith(".") and TMP_MARK in name:
                     continue
                 key = name if rel == "." else f"{rel}/{name}"
                 if key.startswith(prefix):
