@@ -56,9 +56,18 @@ MAX_BODY_BYTES = 64 * 1024  # a comment is at most 10,000 characters: 64 KB hold
 MIN_SECRET_CHARS = 16  # HMAC keys shorter than this are guessable
 SECRET_ENV = "ZPIPE_INTAKE_SECRET"
 SECRET_FILE_ENV = "ZPIPE_INTAKE_SECRET_FILE"
+PER_MINUTE_ENV = "ZPIPE_INTAKE_PER_MINUTE"  # overall comments per minute (default 120)
+PER_AUTHOR_ENV = "ZPIPE_INTAKE_PER_AUTHOR_PER_MINUTE"  # per author within a brand (default 5)
 DEFAULT_STORE = "file://./zpipe-out"  # the same default as configs' `store`
 EMIT_FAILED = "event not emitted"  # reason prefix of records that a re-send may queue again
-REPLAY_CACHE_SIZE = 100_000  # signatures remembered: ~170 signed requests/s over a 10-minute window
+# Threads doing ledger I/O at once: botocore keeps 10 S3 connections (max_pool_connections);
+# more threads open and discard a connection per call under a burst, at several ms each
+STORE_THREADS = 10
+REPLAY_CACHE_SIZE = 100_000
+# Idle keep-alive connections stay open this long: longer than clients' and load balancers'
+# own idle limits (httpx 5 s, AWS ALB 60 s), so the server never closes a connection that a
+# client is just reusing (the client would see a reset, not an answer). uvicorn's default: 5 s.
+KEEP_ALIVE_S = 65  # signatures remembered: ~170 signed requests/s over a 10-minute window
 
 SIGNATURE_DOC = f"""
 Every request is signed with the secret shared with the intake (`{SECRET_ENV}`):
@@ -87,8 +96,8 @@ class IntakeSettings(BaseModel):
     secret: SecretStr = Field(min_length=MIN_SECRET_CHARS, description="HMAC key shared with senders")
     store_url: str = Field(min_length=1, description="file:///dir or s3://bucket/prefix")
     brands: dict[str, BrandConfig] = Field(min_length=1, description="slug -> brand")
-    per_author_per_minute: int = Field(default=5, ge=1)
-    overall_per_minute: int = Field(default=120, ge=1)
+    per_author_per_minute: int = Field(default=5, ge=1, description=f"env {PER_AUTHOR_ENV}")
+    overall_per_minute: int = Field(default=120, ge=1, description=f"env {PER_MINUTE_ENV}")
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="accepted clock skew")
     emit: Callable[..., Any] | None = Field(
         default=None, exclude=True,
@@ -334,14 +343,16 @@ def _parse_comment(body: bytes) -> Comment:
 
 def create_app(settings: IntakeSettings) -> FastAPI:
     """The intake as a FastAPI app: POST/GET /v1/comments, GET /healthz, docs at /docs."""
+    import anyio
+    import anyio.to_thread
+
     if settings.emit is None:
         _require_prefect_api()
     intake = Intake(settings)
+    store_threads = anyio.CapacityLimiter(STORE_THREADS)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        import anyio.to_thread
-
         await anyio.to_thread.run_sync(warm_keywords)  # the first comment need not wait for it
         yield
 
@@ -379,8 +390,6 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         x_zpipe_timestamp: Annotated[str | None, Header(description="unix seconds")] = None,
         x_zpipe_signature: Annotated[str | None, Header(description="sha256=<hex>")] = None,
     ) -> JSONResponse:
-        import anyio.to_thread
-
         # 1. The raw bytes, capped: the signature covers exactly these
         body = await _read_body(request, MAX_BODY_BYTES)
         # 2. Authenticate before parsing anything
@@ -389,13 +398,13 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         comment = _parse_comment(body)
         intake.brand(comment.brand)
         # 4. Ledger and emitter do blocking I/O: keep them off the event loop
-        status, answer = await anyio.to_thread.run_sync(intake.admit, comment)
+        status, answer = await anyio.to_thread.run_sync(intake.admit, comment, limiter=store_threads)
         return JSONResponse(answer.model_dump(mode="json"), status_code=status)
 
     @app.get("/v1/comments/{comment_id}", summary="A comment's state", response_model=CommentStatus)
-    def comment_status(comment_id: Annotated[str, PathParam(pattern=ID_PATTERN)]) -> CommentStatus:
+    async def comment_status(comment_id: Annotated[str, PathParam(pattern=ID_PATTERN)]) -> CommentStatus:
         """The comment's state, reason, flow run and (once done) a presigned image URL."""
-        return intake.status(comment_id)
+        return await anyio.to_thread.run_sync(intake.status, comment_id, limiter=store_threads)
 
     @app.get("/healthz", summary="Liveness")
     def healthz() -> dict[str, bool]:
@@ -453,10 +462,25 @@ def load_brands(brands_dir: Path) -> dict[str, BrandConfig]:
     return brands
 
 
+def _read_limits() -> dict[str, int]:
+    """Rate limits given in the environment (`zpipe up` passes them on to the intake)."""
+    limits = {}
+    for env, field in ((PER_MINUTE_ENV, "overall_per_minute"),
+                       (PER_AUTHOR_ENV, "per_author_per_minute")):
+        value = os.environ.get(env, "").strip()
+        if not value:
+            continue
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError("environment", env, "must be a whole number of comments per minute, "
+                                                  "at least 1 (unset it for the default)", value)
+        limits[field] = int(value)
+    return limits
+
+
 def load_intake_settings(brands_dir: Path, store_url: str) -> IntakeSettings:
-    """Intake settings from the environment's secret and the brand files in `brands_dir`."""
+    """Intake settings from the environment (secret, rate limits) and the brand files in `brands_dir`."""
     return IntakeSettings(secret=SecretStr(_read_secret()), store_url=store_url,
-                          brands=load_brands(brands_dir))
+                          brands=load_brands(brands_dir), **_read_limits())
 
 
 def serve(
@@ -475,7 +499,8 @@ def serve(
     logger.addHandler(handler)
     logger.setLevel(log_level.upper())
     logger.propagate = False
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False,
+                timeout_keep_alive=KEEP_ALIVE_S)
 
 
 def post_comment(

@@ -132,7 +132,7 @@ PROCESSES: tuple[ProcessSpec, ...] = (
         ("{bin}/zpipe", "intake", "--host", HOST, "--port", "{intake_port}",
          "--brands", "{brands}", "--store", "{store}"),
         ready="http", health_path="/healthz", port="intake", env_kind="app", intake_secret=True,
-        timeout_s=30.0,
+        timeout_s=90.0,  # ~10 s of imports on 2 idle cores; 30 s when other jobs share them
     ),
 )
 
@@ -211,6 +211,7 @@ class StackStatus:
     s3_credentials_file: Path
     processes: dict[str, ProcessStatus]
     started: tuple[str, ...] = ()
+    brands: str = ""  # the intake's brand folder: clients read reply policies (blocklists) there
 
     @property
     def healthy(self) -> bool:
@@ -224,6 +225,7 @@ class StackStatus:
             "intake_url": self.intake_url,
             "intake_secret_file": str(self.intake_secret_file),
             "s3_credentials_file": str(self.s3_credentials_file),
+            "brands": self.brands,
             "processes": {name: {"state": p.state, "pid": p.pid, "log": str(p.log)}
                           for name, p in self.processes.items()},
         }
@@ -762,7 +764,7 @@ def status(home: Path | None = None) -> StackStatus:
         prefect_ui_url=config["prefect_ui_url"], s3_endpoint_url=config["s3_endpoint_url"],
         bucket=config["bucket"], store=config["store"], intake_url=config["intake_url"],
         intake_secret_file=paths.intake_secret_file, s3_credentials_file=paths.s3_credentials_file,
-        processes=processes,
+        processes=processes, brands=config["brands"],
     )
 
 

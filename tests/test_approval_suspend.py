@@ -118,35 +118,54 @@ def _suspended(run_id) -> Any:
 def _logs(run_id) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    with get_client(sync_client=True) as client:  # newest first: the resumed pass's lines
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                limit=200, sort=LogSort.TIMESTAMP_DESC)
+    return "\n".join(log.message for log in logs)
+
+
+def _task_runs(run_id, name_prefix: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    return "\n".join(log.message for log in logs)
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    return [r for r in runs if r.name.startswith(name_prefix)]
 
 
 def _pending(store: LocalStore) -> list[str]:
     return sorted(k for k in store.list("pending/") if not k.endswith(".json"))
 
 
-def test_suspended_review_resumes_through_serve(served):
+def test_suspended_reviews_through_serve(served):
+    """Two gated runs at once: one resumed by a reviewer, one left to time out."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.flow_runs import resume_flow_run
 
     store = LocalStore(served)
     run = _start("weekly-campaign/gated")
+    unanswered = _start("weekly-campaign/gated-fast")  # review timeout 10 s
+
+    # 1. Suspended: the images wait under pending/, the run left its review record
     _wait(lambda: _suspended(run.id), 180, "the run never suspended for review")
     pending = [k for k in _pending(store) if "/gated/" in k]
     assert len(pending) == 7, pending
     assert store.exists(review_key(str(run.id)))
     assert not store.list("published/")
 
+    # 2. Resumed with the typed form: rescheduled, runs from the top, publishes, deletes the rest
     resume_flow_run(run.id, run_input={"decision": "reject_listed", "reject_keys": [pending[0]],
                                        "reviewer": "lin", "note": "wrong colours on monday"})
     final = _wait(lambda: (r := _run(run.id)).state.is_final() and r, 180,
                   "the resumed run never finished")
     assert final.state.is_completed(), final.state
     # the rescheduled run starts from the top, finds every image already pending, generates none
-    assert "7 images planned, 7 already in" in _logs(run.id), "the resumed run generated again"
-
+    _wait(lambda: "7 images planned, 7 already in" in _logs(run.id), 30,
+          "the resumed run did not find its pending images (or its log never arrived)")
+    assert len(_task_runs(run.id, "generate")) == 2, "7 images in batches of 4, generated once"
     published = sorted(k for k in store.list("published/") if not k.endswith(".json"))
     assert published == sorted("published/" + k.removeprefix("pending/") for k in pending[1:])
     assert not [k for k in _pending(store) if "/gated/" in k]
@@ -155,28 +174,19 @@ def test_suspended_review_resumes_through_serve(served):
     assert sidecar["approval"]["note"] == "wrong colours on monday"
     assert not store.exists(review_key(str(run.id))), "the review record outlived the decision"
 
-
-def test_unanswered_suspended_review_times_out_and_rejects(served):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    store = LocalStore(served)
-    run = _start("weekly-campaign/gated-fast")
-    _wait(lambda: _suspended(run.id), 180, "the run never suspended for review")
-    assert len([k for k in _pending(store) if "/gated-fast/" in k]) == 7
-
-    final = _wait(lambda: (r := _run(run.id)).state.is_final() and r, 90,
+    # 3. Unanswered: the server fails the run at its timeout, review-expired rejects the images
+    final = _wait(lambda: (r := _run(unanswered.id)).state.is_final() and r, 180,
                   "the server never failed the expired review")
     assert final.state.is_failed() and "never resumed" in (final.state.message or "")
     _wait(lambda: not [k for k in _pending(store) if "/gated-fast/" in k], 90,
           "the review-expired deployment never rejected the pending images")
     assert not [k for k in store.list() if "/gated-fast/" in k and not k.startswith("_")]
-    assert not store.exists(review_key(str(run.id)))
+    assert not store.exists(review_key(str(unanswered.id)))
 
     def sweep_completed() -> bool:
         with get_client(sync_client=True) as client:
             sweeps = client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=["review-expired"])))
-        return any(s.parameters["flow_run_id"].endswith(str(run.id)) and s.state.is_completed()
-                   for s in sweeps)
+        return any(s.parameters["flow_run_id"].endswith(str(unanswered.id))
+                   and s.state.is_completed() for s in sweeps)
     _wait(sweep_completed, 60, "the review-expired run never completed")
