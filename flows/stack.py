@@ -354,6 +354,7 @@ def _client_env(config: Mapping[str, Any], paths: StackPaths, creds: Secrets) ->
         "ZPIPE_GENERATION": "workers",  # flows hand GPU batches to the resident `zpipe worker`
         "ZPIPE_INTAKE_URL": config["intake_url"],
         "PREFECT_LOCAL_STORAGE_PATH": str(paths.data / "results"),  # shared by workers and flows
+        "ZPIPE_SPOOL": str(paths.data / "spool"),  # finished images wait here through S3 outages
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
     }
 
