@@ -175,10 +175,11 @@ def worker(
 
     try:
         config = load_settings(settings or _default_settings())
+        err.print(f"worker: model {config.engine.model}, device {config.engine.device}",
+                  highlight=False)
+        run_worker(config, gpu_slots=gpu_slots)
     except ZpipeError as exc:
         raise _fail(exc) from None
-    err.print(f"worker: model {config.engine.model}, device {config.engine.device}", highlight=False)
-    run_worker(config, gpu_slots=gpu_slots)
 
 
 @app.command()
@@ -191,15 +192,12 @@ def serve(
 ) -> None:
     """Serve every deployment: campaign schedules, hourly trends, comment replies."""
     _quiet_prefect(verbose=True)
-    from prefect import serve as prefect_serve
-
-    from flows.deployments import build_deployments
+    from flows.deployments import serve_all
 
     try:
-        deployments = build_deployments(campaigns, brands, settings or _default_settings())
+        serve_all(campaigns, brands, settings or _default_settings(), limit=limit)
     except ZpipeError as exc:
         raise _fail(exc) from None
-    prefect_serve(*deployments, limit=limit)
 
 
 @app.command()

@@ -7,6 +7,10 @@
 
 `zpipe serve` serves them all from one long-lived process (each run in a new process);
 `infra/prefect.yaml` declares the same for a work pool.
+
+Served runs ride out a Prefect server restart: their API calls retry for minutes
+(`SERVED_CLIENT_RETRIES`), batches the server's queue forgot are handed to workers again
+(`tasks.generate.HandedOver`), and a rerun makes only the images still missing.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from flows.campaign import weekly_campaign
 from flows.comment import comment_reply
@@ -30,6 +35,9 @@ TRENDS_CRON = "0 * * * *"  # hourly: hot lists move within hours
 # the run's context can import the same modules.
 MODULE = EntrypointType.MODULE_PATH
 COMMENT_DEPLOYMENT = "on-comment"
+# Exponential backoff 2, 4, ... 256 s: about 8.5 minutes of retries (Prefect's default of 5
+# gives up after about one), long enough for a server restart or upgrade.
+SERVED_CLIENT_RETRIES = 8
 
 
 def campaign_files(campaigns_dir: Path) -> list[Path]:
@@ -75,5 +83,11 @@ def build_deployments(campaigns_dir: Path, brands_dir: Path,
 
 def serve_all(campaigns_dir: Path, brands_dir: Path, settings: Path | None = None,
               limit: int = 4) -> None:
-    """Serve every deployment from this process until stopped (each run in a new process)."""
-    serve(*build_deployments(campaigns_dir, brands_dir, settings), limit=limit)
+    """Serve every deployment from this process until stopped (each run in a new process).
+
+    Each run's process inherits the client retries set here (a larger user setting wins).
+    """
+    deployments = build_deployments(campaigns_dir, brands_dir, settings)
+    retries = max(PREFECT_CLIENT_MAX_RETRIES.value(), SERVED_CLIENT_RETRIES)
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: retries}):
+        serve(*deployments, limit=limit)

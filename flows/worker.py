@@ -11,7 +11,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.task_worker import serve
 
 from tasks.config import Settings
-from tasks.generate import GPU_CONCURRENCY_LIMIT, generate_on_worker, get_engine
+from tasks.generate import (
+    GPU_CONCURRENCY_LIMIT,
+    generate_on_worker,
+    get_engine,
+    load_worker_policy,
+    reclaim_gpu_slots,
+)
 
 
 def ensure_gpu_limit(slots: int) -> None:
@@ -29,8 +35,14 @@ def ensure_gpu_limit(slots: int) -> None:
 
 
 def run_worker(settings: Settings, gpu_slots: int = 1, preload: bool = True) -> None:
-    """Load the engine once, then serve generation batches one at a time until stopped."""
+    """Load the engine once, then serve generation batches one at a time until stopped.
+
+    A worker restarted after a crash first frees the `gpu` slot its dead predecessor held
+    (when no other worker is up), so it does not wait out the old lease.
+    """
+    load_worker_policy()  # a bad ZPIPE_WORKER_* value stops the worker here, not mid-batch
     ensure_gpu_limit(gpu_slots)
+    reclaim_gpu_slots()
     if preload:  # pay the weight load at start-up, not on the first comment
         get_engine(settings.engine).load()
     serve(generate_on_worker, limit=1)  # limit=1: one batch at a time per GPU

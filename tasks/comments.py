@@ -13,6 +13,7 @@ import hmac
 import logging
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import ModuleType
@@ -237,16 +238,48 @@ class CommentLedger:
             raise StoreError(f"comment {state.id!r} vanished from {self.store.describe()} during a claim")
         return stored, False
 
+    def _take(self, record: CommentState, purpose: str, owner: str = "") -> bool:
+        """True for exactly one of the concurrent callers taking over this version of `record`
+        (and again for the same non-empty `owner`, so a retried claim keeps what it won)."""
+        stamp = int(record.updated_at.timestamp() * 1_000_000)  # one winner per record version
+        marker = f"{self.prefix}/.{purpose}/{record.id}/{stamp}"
+        if self.store.put(marker, owner.encode(), "text/plain", overwrite=False):
+            return True
+        return bool(owner) and self.store.get(marker) == owner.encode()
+
     def requeue(self, failed: CommentState, **changes: object) -> tuple[CommentState, bool]:
         """Take over a failed record for a retry: of concurrent callers exactly one wins (True)."""
         if failed.state != "failed":
             raise LedgerError(f"comment {failed.id!r} is {failed.state}, not failed: nothing to requeue")
-        stamp = int(failed.updated_at.timestamp() * 1_000_000)  # one retry per failed version
-        marker = f"{self.prefix}/.retries/{failed.id}/{stamp}"
-        if not self.store.put(marker, b"", "text/plain", overwrite=False):
+        if not self._take(failed, "retries"):
             current = self.get(failed.id)
             return (current or failed), False
         return self.update(failed.id, **changes), True
+
+    def start(self, comment_id: str, run_id: str,
+              is_running: Callable[[str], bool]) -> tuple[CommentState, bool]:
+        """Claim a comment for the reply run `run_id`: (record, True) means this run answers it.
+
+        Events can come twice, late or out of order, so exactly one run may answer a comment:
+        - done or rejected: nobody (a late or repeated event);
+        - running under `run_id` itself (a retry of this run): this run;
+        - running under another run that `is_running`: that run, not this one;
+        - queued, failed, or running under a run that is gone: one of the concurrent callers.
+        """
+        current = self.get(comment_id)
+        if current is None:
+            raise LedgerError(f"no comment {comment_id!r} in the ledger at {self.store.describe()}: "
+                              "the intake records a comment before it emits its event")
+        if current.state in ("done", "rejected"):
+            return current, False
+        if current.state == "running" and current.flow_run_id:
+            if current.flow_run_id == run_id:
+                return current, True
+            if is_running(current.flow_run_id):
+                return current, False
+        if not self._take(current, "runs", owner=run_id):
+            return (self.get(comment_id) or current), False
+        return self.update(comment_id, state="running", flow_run_id=run_id, reason=None), True
 
     def get(self, comment_id: str) -> CommentState | None:
         """The record of `comment_id`, or None if the ledger has none."""

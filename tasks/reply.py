@@ -23,8 +23,12 @@ REPLY_CAMPAIGN = "comments"
 
 
 def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings,
-               now: datetime) -> ImageJob:
-    """The one image that answers a comment: prompt, seed, size and key fixed up front."""
+               now: datetime | None = None) -> ImageJob:
+    """The one image that answers a comment: prompt, seed, size and key fixed up front.
+
+    The key's date is the day the comment was received (not today), so every run for one
+    comment, however late or repeated, plans the same key and publishes it at most once.
+    """
     policy = brand.replies
     template = load_library(policy.prompts).get(policy.template)
     variables = {
@@ -43,7 +47,7 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
         "revision": revision, "output": policy.output.model_dump(),
         "label": brand.label.model_dump(), "comment": comment.id,
         "loras": [(Path(lora.path).name, lora.weight) for lora in brand.loras]})
-    day = now.date()
+    day = (now or comment.received_at).date()
     year, week, weekday = day.isocalendar()
     key = (f"{brand.slug}/{REPLY_CAMPAIGN}/{day.isoformat()}/"
            f"{comment.id}-{content_id}.{policy.output.ext}")
@@ -55,11 +59,29 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
         loras=[(lora.path, lora.weight) for lora in brand.loras])
 
 
+def flow_run_is_active(flow_run_id: str) -> bool:
+    """True while the Prefect flow run `flow_run_id` exists and has not finished."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:  # not a Prefect run id: nothing is answering under it
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return False
+    return run.state is not None and not run.state.is_final()
+
+
 @task(name="start-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> CommentState:
-    """Mark the comment running (with this flow run's id) and return its record."""
-    return CommentLedger(open_store(store_url)).update(
-        comment_id, state="running", flow_run_id=flow_run_id, reason=None)
+def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> tuple[CommentState, bool]:
+    """Claim the comment for this flow run: (record, True) if this run answers it, else who does."""
+    return CommentLedger(open_store(store_url)).start(comment_id, flow_run_id, flow_run_is_active)
 
 
 @task(name="finish-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -75,6 +97,4 @@ def finish_reply_task(store_url: str, comment_id: str, image_key: str | None,
 @task(name="plan-reply", cache_policy=NO_CACHE)
 def plan_reply_task(brand: BrandConfig, comment: CommentState, engine: EngineSettings) -> ImageJob:
     """Render the brand's reply template with the comment's keywords (templating stage)."""
-    from datetime import UTC
-
-    return plan_reply(brand, comment, engine, datetime.now(UTC))
+    return plan_reply(brand, comment, engine)
