@@ -46,7 +46,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.config import EngineSettings
 from tasks.errors import ConfigError, ZpipeError
 from tasks.plan import ImageJob
-from zengine import GenerationRequest, GenerationResult, LoraSpec, ModelSource, TurboEngine
+from zengine import (
+    FastPath,
+    GenerationRequest,
+    GenerationResult,
+    LoraSpec,
+    ModelSource,
+    TurboEngine,
+)
 
 GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
 GENERATION_TAG = "zpipe-generation"  # on worker batches: a flow sees which started after its own
@@ -71,7 +78,9 @@ def get_engine(settings: EngineSettings) -> TurboEngine:
 def _engine_for(settings: EngineSettings) -> TurboEngine:
     source = ModelSource(model=settings.model, revision=settings.revision)
     device = None if settings.device == "auto" else settings.device
-    return TurboEngine(source, device=device, max_batch=settings.max_batch)
+    fast_path = FastPath.from_settings(settings.fast_path, settings.compile_mode,
+                                       settings.attention_backends)
+    return TurboEngine(source, device=device, max_batch=settings.max_batch, fast_path=fast_path)
 
 
 def to_request(job: ImageJob) -> GenerationRequest:
