@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import os
+import posixpath
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from tasks.watermark import (
 from zengine import GenerationResult
 
 SIDECAR_SCHEMA = "zpipe.sidecar/1"
+PENDING_PREFIX, PUBLISHED_PREFIX = "pending/", "published/"  # the approval gate's folders
 UPLOAD_PATIENCE_S = 60.0  # how long uploads retry: rides out an S3 restart or failover
 PATIENCE_ENV = "ZPIPE_UPLOAD_PATIENCE_S"
 MAX_RETRY_DELAY_S = 15.0  # backoff 1, 2, 4, 8, 15, 15, ... s: an S3 back up is seen within 15 s
@@ -365,13 +367,25 @@ def is_done(store: ObjectStore, key: str) -> bool:
     sidecar_key = key + SIDECAR_SUFFIX
     if store.exists(sidecar_key):
         return True
-    return key.startswith("pending/") and store.exists(
-        "published/" + sidecar_key.removeprefix("pending/"))
+    return key.startswith(PENDING_PREFIX) and store.exists(
+        PUBLISHED_PREFIX + sidecar_key.removeprefix(PENDING_PREFIX))
 
 
 def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
-    """Jobs whose sidecar is not in the store yet (the image may be missing or partial)."""
-    return [job for job in jobs if not is_done(store, job.key)]
+    """Jobs whose sidecar is not in the store yet (the image may be missing or partial).
+
+    One listing of the folder the jobs share (plus its `published/` twin for a gated
+    campaign) instead of a HEAD request per image: a week is one folder.
+    """
+    if len(jobs) <= 2:
+        return [job for job in jobs if not is_done(store, job.key)]
+    folder = posixpath.commonpath([job.key.rpartition("/")[0] for job in jobs])
+    prefix = f"{folder}/" if folder else ""
+    present = set(store.list(prefix))
+    if prefix.startswith(PENDING_PREFIX):
+        approved = store.list(PUBLISHED_PREFIX + prefix.removeprefix(PENDING_PREFIX))
+        present |= {PENDING_PREFIX + key.removeprefix(PUBLISHED_PREFIX) for key in approved}
+    return [job for job in jobs if job.key + SIDECAR_SUFFIX not in present]
 
 
 @task(name="find-missing", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

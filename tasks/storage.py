@@ -7,6 +7,7 @@ crosses task boundaries; each task opens its own store (S3 clients are created l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -21,6 +22,12 @@ from tasks.errors import StoreError
 
 MAX_KEY_BYTES = 1024  # S3's limit on key length
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata (keys + values)
+# What a boto3 client reads from the environment: a change of any gives a new client.
+_CLIENT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+               "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
 TMP_MARK = ".zpipe-tmp-"  # LocalStore temp files: hidden from list()
 _URL_FORMS = "file:///abs/dir, file://./rel/dir, a plain path (dir or ./dir), s3://bucket[/prefix]"
 _CREDENTIAL_VARS = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
@@ -190,7 +197,8 @@ class LocalStore(ObjectStore):
         """Sorted keys under the root that start with `prefix`."""
         _validate_prefix(prefix)
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        folder = prefix.rpartition("/")[0]  # only the folder the prefix names can hold matches
+        for dirpath, _dirs, files in os.walk(self.root / folder if folder else self.root):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in files:
                 if name.startswith(".") and TMP_MARK in name:
@@ -248,7 +256,22 @@ class S3Store(ObjectStore):
             return self._client
 
     def _make_client(self) -> Any:
-        """Create a boto3 client from the environment (or the given endpoint)."""
+        """The process's boto3 client for this endpoint and the environment's credentials.
+
+        Creating a client costs tens of milliseconds of CPU (and far more the first time), and
+        a flow opens its store in many tasks: clients are shared (boto3 clients are
+        thread-safe), one per endpoint and credentials, read from the environment now.
+        """
+        env = {name: os.environ.get(name) for name in _CLIENT_ENV}
+        secret = env.pop("AWS_SECRET_ACCESS_KEY") or ""
+        key = (self._endpoint_url, tuple(sorted(env.items())),
+               hashlib.sha256(secret.encode()).hexdigest())
+        with _CLIENTS_LOCK:
+            if key not in _CLIENTS:
+                _CLIENTS[key] = self._new_client()
+            return _CLIENTS[key]
+
+    def _new_client(self) -> Any:
         import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
