@@ -145,6 +145,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.25,
                         help="preset side scale (0.25: 1:1 is 256x256 on the tiny model)")
     parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--generation", choices=("workers", "local"), default="workers",
+                        help="workers: the stack's resident `zpipe worker` generates (as deployed); "
+                             "local: in the flow's process")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -160,7 +163,7 @@ def main() -> None:
         from flows.stack import stack_env
 
         os.environ.update(stack_env(home))
-        os.environ["ZPIPE_GENERATION"] = "local"  # in this process, like the plain loop
+        os.environ["ZPIPE_GENERATION"] = args.generation
         os.environ.pop("ZPIPE_STORE", None)
         info = json.loads(run("status", "--json").stdout)
         bucket = info["bucket"]
@@ -222,7 +225,8 @@ def _race(home: Path, bucket: str, args: argparse.Namespace) -> dict:
     figures = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": f"{datetime.now(UTC):%Y-%m-%d}",
         "images": args.images, "sizes": sizes, "steps": requests[0].steps, "repeat": args.repeat,
-        "max_batch": args.max_batch, "plain_runs_s": walls["plain"], "zpipe_runs_s": walls["zpipe"],
+        "max_batch": args.max_batch, "generation": args.generation,
+        "plain_runs_s": walls["plain"], "zpipe_runs_s": walls["zpipe"],
         "plain_median_s": plain_s, "zpipe_median_s": zpipe_s, "zpipe_extra_wall": extra,
         "plain_load_s": plain.load_s,
     }
