@@ -20,13 +20,14 @@ from types import ModuleType
 from typing import Annotated, Literal
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.config import SLUG, ReplyPolicy
 from tasks.errors import StoreError, ZpipeError
 from tasks.storage import ObjectStore
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+_NOT_IN_IDS = re.compile("[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 TIMESTAMP_HEADER = "X-Zpipe-Timestamp"
 SIGNATURE_HEADER = "X-Zpipe-Signature"
 SIGNATURE_SCHEME = "sha256"
@@ -68,6 +69,16 @@ class Comment(BaseModel):
     text: str = Field(min_length=1, max_length=10000)
     post_id: str = Field(min_length=1, max_length=256)
     brand: str = Field(pattern=SLUG.pattern, description="slug of a brand the intake serves")
+
+    @field_validator("author", "post_id")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        """Ids end up in the ledger and in rate-limit keys: no control or invisible characters."""
+        bad = _NOT_IN_IDS.search(value)
+        if bad:
+            raise ValueError(f"contains the invisible or control character U+{ord(bad.group()):04X} "
+                             f"at position {bad.start()}; send the platform's id as it is shown")
+        return value
 
 
 class CommentState(BaseModel):
@@ -221,7 +232,7 @@ class CommentLedger:
         self.prefix = prefix.strip("/")
 
     def _key(self, comment_id: str) -> str:
-        if not re.match(ID_PATTERN, comment_id):
+        if not re.fullmatch(ID_PATTERN, comment_id):
             raise LedgerError(f"invalid comment id {comment_id[:40]!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
         return f"{self.prefix}/{comment_id}.json"
 
