@@ -363,9 +363,14 @@ class HandedOver(PrefectDistributedFuture[list[GenerationResult]]):
                                    f"({self.handovers} hand-overs); is a `zpipe worker` running?")
             try:
                 try:
-                    return super().result(timeout=self.policy.poll_s if left is None
-                                          else min(self.policy.poll_s, left),
-                                          raise_on_failure=raise_on_failure)
+                    images = super().result(timeout=self.policy.poll_s if left is None
+                                            else min(self.policy.poll_s, left),
+                                            raise_on_failure=raise_on_failure)
+                    if isinstance(images, list) and images:
+                        return images
+                    # finished, but its images never reached us (a server restart can drop
+                    # the result's record): make them again rather than fail the run
+                    self._hand_over(f"it finished without its images ({type(images).__name__})")
                 except TimeoutError:
                     if self._final_state is not None:  # the batch itself raised a TimeoutError
                         raise

@@ -9,6 +9,7 @@ the config loader on files in a temp dir, feedparser on local feed files, the in
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -463,13 +464,13 @@ def intake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Reco
         yield url, recorder, store
 
 
-_stamp = [int(time.time())]
+_sent = itertools.count()
 
 
 def _post(url: str, body: bytes, *, secret: str = SECRET, skew: int = 0,
           headers: dict[str, str] | None = None, drop: str | None = None) -> httpx.Response:
-    _stamp[0] -= 1  # a fresh timestamp per request: replay protection never mixes rows
-    stamp = str(_stamp[0] + skew)
+    # a distinct recent timestamp per request, so replay protection never mixes rows
+    stamp = str(int(time.time()) - next(_sent) % 120 + skew)
     sent = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret.encode(), stamp, body),
             "Content-Type": "application/json", **(headers or {})}
     if drop:
