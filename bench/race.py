@@ -16,6 +16,7 @@ machine hits both; the medians and their ratio come from the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -96,8 +97,8 @@ class PlainLoop:
         self.torch = torch
         self.s3 = boto3.client("s3")
         self.bucket = bucket
-        self.font_path = font_path
-        self.font = ImageFont.truetype
+        # one font object per size, loaded once, as anyone would write it
+        self.font = functools.lru_cache(maxsize=8)(lambda size: ImageFont.truetype(str(font_path), size))
         self.logo = Image.open(logo_path).convert("RGBA")
 
     def _label(self, image):
@@ -106,7 +107,7 @@ class PlainLoop:
         image = image.convert("RGB")
         draw = ImageDraw.Draw(image)
         w, h = image.size
-        font = self.font(str(self.font_path), max(12, w // 30))
+        font = self.font(max(12, w // 30))
         text = "AI生成 · AI-generated"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         pad = max(4, w // 100)
@@ -152,10 +153,8 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="zpipe-race-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "ZPIPE_"))}
-    env["ZPIPE_CACHE"] = os.environ.get("ZPIPE_CACHE", "")
-    if not env["ZPIPE_CACHE"]:
-        env.pop("ZPIPE_CACHE")
+    env = {k: v for k, v in os.environ.items()  # the stack's own, except the model cache
+           if k == "ZPIPE_CACHE" or not k.startswith(("AWS_", "PREFECT_", "ZPIPE_"))}
     run = lambda *a: subprocess.run([ZPIPE, *a, "--home", str(home)], cwd=REPO, env=env,  # noqa: E731
                                     capture_output=True, text=True, check=True)
     run("up", "--prefect-port", str(_port()), "--s3-port", str(_port()), "--intake-port", str(_port()))

@@ -29,7 +29,7 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from flows.names import CAMPAIGN_FAILED_EVENT, CAMPAIGN_FLOW, REVIEW_FLOW
 from tasks.approval import ApprovalDecision, ApprovalOutcome, ReviewRecord, expire_review, save_review
 from tasks.config import load_settings
-from tasks.storage import open_store
+from tasks.storage import ObjectStore, open_store
 
 REVIEW_EXPIRED_DEPLOYMENT = "on-review-timeout"
 FLOW_RUN_RESOURCE_PREFIX = "prefect.flow-run."
@@ -65,11 +65,9 @@ def wait_for_review(store_url: str, name: str, week: str, pending: list[str],
     return suspend_flow_run(wait_for_input=_form(name, week, pending), timeout=timeout_s, key=key)
 
 
-def _store_of(parameters: dict) -> str:
-    """The store a campaign run wrote to, from its parameters (as `weekly_campaign` resolves it)."""
-    from flows.campaign import resolve_store_url
-
-    return resolve_store_url(parameters.get("store") or load_settings(parameters.get("settings")).store)
+def _store_of(parameters: dict) -> ObjectStore:
+    """The store a campaign run wrote to, from its parameters (as `weekly_campaign` opens it)."""
+    return open_store(parameters.get("store") or load_settings(parameters.get("settings")).store)
 
 
 @flow(name=REVIEW_FLOW, flow_run_name="review timeout {flow_run_id}")
@@ -79,7 +77,7 @@ def review_expired(flow_run_id: str) -> ApprovalOutcome | None:
     run_id = flow_run_id.removeprefix(FLOW_RUN_RESOURCE_PREFIX)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
-    outcome = expire_review(open_store(_store_of(run.parameters)), run_id, datetime.now(UTC))
+    outcome = expire_review(_store_of(run.parameters), run_id, datetime.now(UTC))
     if outcome is None:
         logger.info("run %s left no expired review: nothing to reject", run_id)
     else:

@@ -24,10 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.config import SLUG, ReplyPolicy
 from tasks.errors import StoreError, ZpipeError
-from tasks.storage import ObjectStore
+from tasks.storage import ObjectStore, find_hidden
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-_NOT_IN_IDS = re.compile("[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 TIMESTAMP_HEADER = "X-Zpipe-Timestamp"
 SIGNATURE_HEADER = "X-Zpipe-Signature"
 SIGNATURE_SCHEME = "sha256"
@@ -74,10 +73,11 @@ class Comment(BaseModel):
     @classmethod
     def _visible(cls, value: str) -> str:
         """Ids end up in the ledger and in rate-limit keys: no control or invisible characters."""
-        bad = _NOT_IN_IDS.search(value)
-        if bad:
-            raise ValueError(f"contains the invisible or control character U+{ord(bad.group()):04X} "
-                             f"at position {bad.start()}; send the platform's id as it is shown")
+        hidden = find_hidden(value)
+        if hidden is not None:
+            position, char = hidden
+            raise ValueError(f"contains the invisible or control character U+{ord(char):04X} "
+                             f"at position {position}; send the platform's id as it is shown")
         return value
 
 

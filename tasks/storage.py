@@ -47,18 +47,25 @@ MAX_SEGMENT_BYTES = 255  # NAME_MAX of common filesystems: a LocalStore key segm
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
 
+def find_hidden(text: str) -> tuple[int, str] | None:
+    """The first control, invisible or bidi character of `text` and its position, or None."""
+    return next(((i, ch) for i, ch in enumerate(text)
+                 if unicodedata.category(ch) in _HIDDEN_CATEGORIES), None)
+
+
 def _key_problem(key: str) -> str | None:
     """Why `key` (or a list prefix) is unsafe as a relative object key, or None."""
     if key.startswith("/"):
         return "it starts with '/'"
     if "\\" in key:
         return "it contains a backslash"
-    for position, char in enumerate(key):
-        category = unicodedata.category(char)
-        if category in _HIDDEN_CATEGORIES:
-            kind = "a control character" if category == "Cc" else "an invisible or bidi character"
-            name = unicodedata.name(char, "unnamed")
-            return f"it contains {kind} U+{ord(char):04X} ({name}) at position {position}"
+    hidden = find_hidden(key)
+    if hidden is not None:
+        position, char = hidden
+        kind = ("a control character" if unicodedata.category(char) == "Cc"
+                else "an invisible or bidi character")
+        name = unicodedata.name(char, "unnamed")
+        return f"it contains {kind} U+{ord(char):04X} ({name}) at position {position}"
     if ".." in key.split("/"):
         return "it has a '..' path segment"
     too_long = next((p for p in key.split("/") if len(p.encode("utf-8")) > MAX_SEGMENT_BYTES), None)
