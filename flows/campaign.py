@@ -22,10 +22,10 @@ from tasks.generate import generate_batch, generate_on_worker
 from tasks.plan import ImageJob, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
 from tasks.publish import (
-    PublishedImage,
+    BatchPublished,
+    PublishFailure,
     find_missing_task,
-    label_job_task,
-    publish_task,
+    publish_batch_task,
     recover_spool_task,
     upload_retries,
 )
@@ -36,7 +36,7 @@ from tasks.trend_store import load_recent_trends_task, load_week_trends_task, sa
 from tasks.trends import TrendReport, ingest_trends
 from zengine import GenerationResult
 
-POST_WORKERS = 4  # label + upload threads
+POST_WORKERS = 2  # batches labelled and uploaded at once, while the next ones generate
 GENERATION_LOOKAHEAD = 2  # batches in flight in-process: one generating, one queued behind it
 # Bounded (Prefect's default pool is unbounded): generation lookahead + post-processing.
 TASK_THREADS = GENERATION_LOOKAHEAD + POST_WORKERS
@@ -149,33 +149,34 @@ def weekly_campaign(
     progress.advance(len(jobs) - len(todo))
 
     # 3. Generate in batches; label and upload each batch while the next one generates
-    published: list[PrefectFuture] = []
+    published: list[tuple[list[ImageJob], PrefectFuture]] = []
     results: dict[str, GenerationResult] = {}
-    upload = publish_task.with_options(**retries)
     for batch, images in _generated(_chunks(todo, engine.max_batch), engine,
                                     config.generation == "workers"):
         emit(ProgressEvent("generated", count=len(batch)))
-        for job, result in zip(batch, images, strict=True):
-            results[job.key] = result
-            labelled = label_job_task.submit(job, result, bundle.brand)
-            published.append(upload.submit(store, job, result, labelled))
+        results.update((job.key, result) for job, result in zip(batch, images, strict=True))
+        published.append((batch, publish_batch_task.submit(store, batch, images, bundle.brand)))
         progress.advance_done(published)
 
     # 4. Collect: one image failing does not lose the others
-    for _ in as_completed(published):
+    for _ in as_completed([future for _, future in published]):
         progress.advance_done(published)
     created, existing, failed, causes = [], [], [], {}
-    for job, future in zip(todo, published, strict=True):
+    for batch, future in published:
         try:
-            image: PublishedImage = future.result()
-        except Exception as exc:  # any stage's failure, after its retries: report, keep going
-            failed.append(job.key)
-            causes.setdefault(type(exc).__name__, str(exc))
-            logger.error("failed: %s: %s: %s", job.key, type(exc).__name__, exc)
-            emit(ProgressEvent("failed", detail=job.key))
-            continue
-        (created if image.created else existing).append(image.key)
-        emit(ProgressEvent("published", detail=image.key))
+            outcome: BatchPublished = future.result()
+        except Exception as exc:  # the whole batch (spool full, a bug): report, keep going
+            outcome = BatchPublished(published=[], failed=[
+                PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc))
+                for job in batch])
+        for failure in outcome.failed:
+            failed.append(failure.key)
+            causes.setdefault(failure.kind, failure.message)
+            logger.error("failed: %s: %s: %s", failure.key, failure.kind, failure.message)
+            emit(ProgressEvent("failed", detail=failure.key))
+        for image in outcome.published:
+            (created if image.created else existing).append(image.key)
+            emit(ProgressEvent("published", detail=image.key))
     existing += [job.key for job in jobs if job not in todo and job.key not in from_spool]
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,

@@ -111,9 +111,14 @@ def _batch_name() -> str:
 
 
 @task(name="generate-batch", task_run_name=_batch_name, cache_policy=NO_CACHE,
-      timeout_seconds=1800, retries=1, retry_delay_seconds=5)
+      persist_result=False, retries=1, retry_delay_seconds=5)
 def generate_batch(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult]:
-    """Generate a batch of images on this process's engine."""
+    """Generate a batch of images on this process's engine.
+
+    Its images go straight to the publishing task in the same process, so they are never
+    written to result storage (pickling 4 PNGs per batch cost CPU the generator needs). No
+    `timeout_seconds`: in a worker thread a timeout cannot stop a running pipeline call.
+    """
     return generate_images(jobs, settings)
 
 

@@ -62,9 +62,10 @@ class RunProgress:
         self.done += count
         update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
 
-    def advance_done(self, futures: Sequence[PrefectFuture]) -> None:
-        """Count the futures that finished since the last call (one image each)."""
-        new = [id(f) for f in futures if id(f) not in self._counted and f.state.is_final()]
+    def advance_done(self, batches: Sequence[tuple[Sequence[object], PrefectFuture]]) -> None:
+        """Count the images of the (images, future) pairs whose future finished since last time."""
+        new = [(id(future), len(images)) for images, future in batches
+               if id(future) not in self._counted and future.state.is_final()]
         if new:
-            self._counted.update(new)
-            self.advance(len(new))
+            self._counted.update(key for key, _ in new)
+            self.advance(sum(count for _, count in new))

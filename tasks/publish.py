@@ -277,6 +277,84 @@ def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
                           size_bytes=len(labelled.data))
 
 
+class PublishFailure(BaseModel):
+    """One image of a batch that did not reach the store, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    kind: str  # the exception's class name, e.g. StoreError
+    message: str
+
+
+class BatchPublished(BaseModel):
+    """What `publish_batch` did with one generated batch, image by image, in job order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    published: list[PublishedImage]
+    failed: list[PublishFailure]
+
+
+def publish_batch(store: ObjectStore, jobs: list[ImageJob], results: list[GenerationResult],
+                  brand: BrandConfig, spool: Spool, patience_s: float,
+                  log: Any = None) -> BatchPublished:
+    """Label every image of a generated batch, spool them all, then upload them.
+
+    One call per batch, not per image: on a small model, per-image task bookkeeping costs as
+    much as the post-processing itself. Each image still succeeds or fails on its own:
+    - an image that cannot be labelled is reported failed, and the others go on;
+    - a full or unwritable spool raises `SpoolError` (a person must free space; no retry);
+    - uploads that fail (S3 unreachable) are tried again with backoff for `patience_s`
+      seconds, shared by the batch; what is still not stored then is reported failed and
+      stays in the spool, so the next run uploads it instead of making it again.
+    """
+    failed: list[PublishFailure] = []
+    spooled: list[tuple[ImageJob, bytes, bytes]] = []
+    for job, result in zip(jobs, results, strict=True):
+        try:
+            labelled = label_job(job, result, brand)
+        except Exception as exc:  # a broken image must not cost the batch's other images
+            failed.append(PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc)))
+            continue
+        body = sidecar_bytes(build_sidecar(job, result, labelled))
+        spool.put(job.key, labelled.data, body)
+        spooled.append((job, labelled.data, body))
+
+    published: dict[str, PublishedImage] = {}
+    delays = iter(retry_delays(patience_s))
+    while True:
+        error: StoreError | None = None
+        for job, data, body in spooled:
+            if job.key in published:
+                continue
+            try:
+                created = upload_image(store, job.key, data, body)
+            except StoreError as exc:
+                error = exc  # the store is likely down for all of them: wait, then go on
+                break
+            spool.remove(job.key)
+            published[job.key] = PublishedImage(key=job.key, sidecar_key=job.sidecar_key,
+                                                created=created, size_bytes=len(data))
+        if error is None:
+            break
+        delay = next(delays, None)
+        left = len(spooled) - len(published)
+        if delay is None:
+            message = (f"{error} (kept in the local spool {spool.dir}; the next run uploads it "
+                       "first instead of making it again)")
+            failed += [PublishFailure(key=job.key, kind=type(error).__name__, message=message)
+                       for job, _, _ in spooled if job.key not in published]
+            break
+        if log is not None:
+            log.warning("upload failed, %d of %d images of this batch wait in the spool: %s; "
+                        "retrying in %.0f s", left, len(jobs), error, delay)
+        time.sleep(delay)
+    order = {job.key: i for i, job in enumerate(jobs)}
+    return BatchPublished(published=sorted(published.values(), key=lambda p: order[p.key]),
+                          failed=sorted(failed, key=lambda f: order[f.key]))
+
+
 class SpoolRecovery(BaseModel):
     """What `recover_spool` did: images uploaded from the spool, and entries it threw away."""
 
@@ -416,6 +494,29 @@ def publish_task(store_url: str, job: ImageJob, result: GenerationResult,
     """Upload stage: spool the labelled image, upload it then its sidecar, unspool it."""
     return publish_image(_store(store_url), job, labelled, build_sidecar(job, result, labelled),
                          Spool.for_store(store_url))
+
+
+def _batch_name() -> str:
+    from prefect.runtime import task_run
+
+    jobs = task_run.parameters.get("jobs") or []
+    if not jobs:
+        return "publish"
+    first = jobs[0]
+    more = f" +{len(jobs) - 1}" if len(jobs) > 1 else ""
+    return f"publish {first.weekday}-{first.format}-v{first.variant}{more}"
+
+
+@task(name="publish-batch", task_run_name=_batch_name, cache_policy=NO_CACHE, persist_result=False)
+def publish_batch_task(store_url: str, jobs: list[ImageJob], results: list[GenerationResult],
+                       brand: BrandConfig) -> BatchPublished:
+    """Label, spool and upload one generated batch; uploads ride out an S3 outage themselves."""
+    logger = get_run_logger()
+    outcome = publish_batch(_store(store_url), jobs, results, brand, Spool.for_store(store_url),
+                            upload_patience_s(), logger)
+    for failure in outcome.failed:
+        logger.error("not published: %s: %s: %s", failure.key, failure.kind, failure.message)
+    return outcome
 
 
 @task(name="recover-spool", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_spool_fails,

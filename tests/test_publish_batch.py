@@ -1,0 +1,128 @@
+"""publish_batch: one generated batch -> labelled, spooled, uploaded images, each on its own.
+
+Real labelling (fonts, logo, invisible watermark, XMP), a real spool on disk and a LocalStore;
+the store's outage is a LocalStore whose `put` raises the StoreError an unreachable S3 raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.config import EngineSettings, load_campaign
+from tasks.errors import StoreError
+from tasks.plan import ImageJob, brand_fingerprint, plan_week
+from tasks.publish import BatchPublished, publish_batch
+from tasks.spool import Spool, SpoolError
+from tasks.storage import LocalStore
+from tests.conftest import REPO
+from tests.helpers import check_campaign_objects
+from zengine import GenerationResult
+
+DEMO = REPO / "configs/campaigns/weekly-demo.yaml"
+
+
+class FlakyStore(LocalStore):
+    """A LocalStore that is 'unreachable' for its first `down` puts."""
+
+    def __init__(self, root: Path, down: int):
+        super().__init__(root)
+        self.down = down
+        self.puts = 0
+
+    def put(self, key, data, content_type="application/octet-stream", metadata=None, overwrite=True):
+        self.puts += 1
+        if self.puts <= self.down:
+            raise StoreError(f"S3 endpoint http://127.0.0.1:1 is unreachable (put {key!r})")
+        return super().put(key, data, content_type, metadata, overwrite=overwrite)
+
+
+class Log:
+    def __init__(self):
+        self.warnings: list[str] = []
+
+    def warning(self, message, *args):
+        self.warnings.append(message % args)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[list[ImageJob], list[GenerationResult], object]:
+    bundle = load_campaign(DEMO)
+    engine = EngineSettings(model="tiny", preview_scale=0.25)
+    jobs = plan_week(bundle, "2026-W48", date(2026, 11, 23), [], engine, brand_fingerprint(bundle))[:4]
+    return jobs, [_result(job) for job in jobs], bundle.brand
+
+
+def _result(job: ImageJob) -> GenerationResult:
+    noise = np.random.default_rng(job.seed).integers(60, 200, (job.height, job.width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    return GenerationResult(png=buffer.getvalue(), prompt=job.prompt.text, seed=job.seed, steps=8,
+                            guidance_scale=0.0, width=job.width, height=job.height, model_id="tiny",
+                            revision="r")
+
+
+def test_a_batch_is_published_whole_and_leaves_the_spool_empty(batch, tmp_path):
+    jobs, results, brand = batch
+    store, spool = LocalStore(tmp_path / "out"), Spool(tmp_path / "spool", "file:///out")
+    outcome = publish_batch(store, jobs, results, brand, spool, patience_s=0)
+    assert [p.key for p in outcome.published] == [job.key for job in jobs]
+    assert all(p.created for p in outcome.published) and outcome.failed == []
+    check_campaign_objects(store, len(jobs))  # image + sidecar each, labels readable
+    assert spool.committed() == []
+    again = publish_batch(store, jobs, results, brand, spool, patience_s=0)  # same keys again
+    assert [p.created for p in again.published] == [False] * len(jobs)
+
+
+def test_one_broken_image_fails_alone(batch, tmp_path):
+    jobs, results, brand = batch
+    broken = [results[0], dataclasses.replace(results[1], png=b"not a png"), *results[2:]]
+    store = LocalStore(tmp_path / "out")
+    outcome = publish_batch(store, jobs, broken, brand, Spool(tmp_path / "spool", "x"), patience_s=0)
+    assert [p.key for p in outcome.published] == [jobs[0].key, jobs[2].key, jobs[3].key]
+    [failure] = outcome.failed
+    assert failure.key == jobs[1].key and failure.kind == "LabelError"
+    assert "cannot decode the generated image" in failure.message
+    assert not store.exists(jobs[1].key) and not store.exists(jobs[1].sidecar_key)
+
+
+def test_uploads_ride_out_a_short_outage(batch, tmp_path, monkeypatch):
+    jobs, results, brand = batch
+    slept: list[float] = []
+    monkeypatch.setattr("tasks.publish.time.sleep", slept.append)
+    store, spool, log = FlakyStore(tmp_path / "out", down=3), Spool(tmp_path / "spool", "x"), Log()
+    outcome = publish_batch(store, jobs, results, brand, spool, patience_s=60, log=log)
+    assert len(outcome.published) == len(jobs) and outcome.failed == []
+    assert slept == [1.0, 2.0, 4.0]  # backoff, shared by the batch: one wait per failed round
+    assert len(log.warnings) == 3 and "4 of 4 images of this batch wait in the spool" in log.warnings[0]
+    check_campaign_objects(store, len(jobs))
+    assert spool.committed() == []
+
+
+def test_store_down_past_the_patience_keeps_every_image_in_the_spool(batch, tmp_path, monkeypatch):
+    jobs, results, brand = batch
+    monkeypatch.setattr("tasks.publish.time.sleep", lambda s: None)
+    store, spool = FlakyStore(tmp_path / "out", down=10**6), Spool(tmp_path / "spool", "x")
+    outcome: BatchPublished = publish_batch(store, jobs, results, brand, spool, patience_s=3)
+    assert outcome.published == [] and [f.key for f in outcome.failed] == [j.key for j in jobs]
+    assert all(f.kind == "StoreError" and "is unreachable" in f.message
+               and f"kept in the local spool {spool.dir}" in f.message for f in outcome.failed)
+    assert spool.committed() == sorted(job.key for job in jobs)
+    for job in jobs:  # whole entries, exactly what the next run uploads
+        entry = spool.load(job.key)
+        assert json.loads(entry.sidecar)["output"]["bytes"] == len(entry.data)
+
+
+def test_a_full_spool_stops_the_batch_with_its_error(batch, tmp_path):
+    jobs, results, brand = batch
+    spool = Spool(tmp_path / "spool", "x", reserve_bytes=1 << 60)  # never room enough
+    with pytest.raises(SpoolError, match="out of disk space"):
+        publish_batch(LocalStore(tmp_path / "out"), jobs, results, brand, spool, patience_s=60)
+    assert not (tmp_path / "out").exists()  # nothing reached the store
