@@ -480,7 +480,9 @@ def _jobs_label(jobs: Sequence[ImageJob]) -> str:
     return f"generate {first.weekday}-{first.format}" + (f" +{len(jobs) - 1}" if len(jobs) > 1 else "")
 
 
+# No `timeout_seconds`: a task worker runs it in a thread, where Prefect cannot interrupt a
+# running pipeline call anyway; it only logged a warning per batch saying so.
 generate_on_worker = WorkerTask(
     _generate_on_worker, name="generate-batch-gpu", task_run_name=_batch_name,
-    cache_policy=NO_CACHE, timeout_seconds=1800, retries=1, retry_delay_seconds=5,
+    cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
     persist_result=True, tags=[GENERATION_TAG])
