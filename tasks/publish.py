@@ -239,16 +239,19 @@ def object_metadata(sidecar: dict[str, Any]) -> dict[str, str]:
             "template": f"{template['name']}@{template['version']}"}
 
 
-def upload_image(store: ObjectStore, key: str, data: bytes, sidecar: bytes) -> bool:
+def upload_image(store: ObjectStore, key: str, data: bytes, sidecar: bytes,
+                 existed: bool | None = None) -> bool:
     """Upload the image, then its sidecar (the commit marker that says the image is whole).
 
     Returns True if the image was not in the store before. An image already at the key is a
     leftover of a run that died mid-upload: keys are content-addressed, so it is overwritten
-    by the same picture.
+    by the same picture. A caller retrying its own upload passes `existed` as it was before
+    the first try, so its own half-finished upload does not count as an older image.
     """
     record = json.loads(sidecar)
     metadata = object_metadata(record)
-    existed = store.exists(key)
+    if existed is None:
+        existed = store.exists(key)
     store.put(key, data, record["output"]["content_type"], metadata, overwrite=True)
     store.put(key + SIDECAR_SUFFIX, sidecar, "application/json", metadata, overwrite=True)
     return not existed
@@ -322,6 +325,7 @@ def publish_batch(store: ObjectStore, jobs: list[ImageJob], results: list[Genera
         spooled.append((job, labelled.data, body))
 
     published: dict[str, PublishedImage] = {}
+    existed: dict[str, bool] = {}  # before the first try: a retry finds its own image there
     delays = iter(retry_delays(patience_s))
     while True:
         error: StoreError | None = None
@@ -329,7 +333,9 @@ def publish_batch(store: ObjectStore, jobs: list[ImageJob], results: list[Genera
             if job.key in published:
                 continue
             try:
-                created = upload_image(store, job.key, data, body)
+                if job.key not in existed:
+                    existed[job.key] = store.exists(job.key)
+                created = upload_image(store, job.key, data, body, existed[job.key])
             except StoreError as exc:
                 error = exc  # the store is likely down for all of them: wait, then go on
                 break
@@ -510,13 +516,13 @@ def _batch_name() -> str:
 @task(name="publish-batch", task_run_name=_batch_name, cache_policy=NO_CACHE, persist_result=False)
 def publish_batch_task(store_url: str, jobs: list[ImageJob], results: list[GenerationResult],
                        brand: BrandConfig) -> BatchPublished:
-    """Label, spool and upload one generated batch; uploads ride out an S3 outage themselves."""
-    logger = get_run_logger()
-    outcome = publish_batch(_store(store_url), jobs, results, brand, Spool.for_store(store_url),
-                            upload_patience_s(), logger)
-    for failure in outcome.failed:
-        logger.error("not published: %s: %s: %s", failure.key, failure.kind, failure.message)
-    return outcome
+    """Label, spool and upload one generated batch; uploads ride out an S3 outage themselves.
+
+    Images that fail come back in `failed` (the flow logs and reports each one); waits for S3
+    are logged here as warnings, on this task run.
+    """
+    return publish_batch(_store(store_url), jobs, results, brand, Spool.for_store(store_url),
+                         upload_patience_s(), get_run_logger())
 
 
 @task(name="recover-spool", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_spool_fails,

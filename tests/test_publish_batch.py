@@ -30,16 +30,18 @@ DEMO = REPO / "configs/campaigns/weekly-demo.yaml"
 
 
 class FlakyStore(LocalStore):
-    """A LocalStore that is 'unreachable' for its first `down` puts."""
+    """A LocalStore that is 'unreachable' for its first `down` puts, or for the puts numbered
+    in `failing` (1 = the first put)."""
 
-    def __init__(self, root: Path, down: int):
+    def __init__(self, root: Path, down: int = 0, failing: frozenset[int] = frozenset()):
         super().__init__(root)
         self.down = down
+        self.failing = failing
         self.puts = 0
 
     def put(self, key, data, content_type="application/octet-stream", metadata=None, overwrite=True):
         self.puts += 1
-        if self.puts <= self.down:
+        if self.puts <= self.down or self.puts in self.failing:
             raise StoreError(f"S3 endpoint http://127.0.0.1:1 is unreachable (put {key!r})")
         return super().put(key, data, content_type, metadata, overwrite=overwrite)
 
@@ -104,6 +106,16 @@ def test_uploads_ride_out_a_short_outage(batch, tmp_path, monkeypatch):
     assert len(log.warnings) == 3 and "4 of 4 images of this batch wait in the spool" in log.warnings[0]
     check_campaign_objects(store, len(jobs))
     assert spool.committed() == []
+
+
+def test_a_retry_counts_its_own_half_finished_upload_as_new(batch, tmp_path, monkeypatch):
+    """S3 dies between an image and its sidecar: after the retry the image is still 'new'."""
+    jobs, results, brand = batch
+    monkeypatch.setattr("tasks.publish.time.sleep", lambda s: None)
+    store = FlakyStore(tmp_path / "out", failing=frozenset({2}))  # the first sidecar's put
+    outcome = publish_batch(store, jobs, results, brand, Spool(tmp_path / "spool", "x"), patience_s=60)
+    assert [p.created for p in outcome.published] == [True] * len(jobs) and outcome.failed == []
+    check_campaign_objects(store, len(jobs))
 
 
 def test_store_down_past_the_patience_keeps_every_image_in_the_spool(batch, tmp_path, monkeypatch):
