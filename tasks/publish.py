@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config import BrandConfig
-from tasks.errors import ConfigError, StoreError
+from tasks.errors import ConfigError, StoreError, ZpipeError
 from tasks.overlay import Box, OverlayPlacement, draw_headline
 from tasks.plan import ImageJob
 from tasks.provenance import load_signing_config
@@ -257,29 +257,6 @@ def upload_image(store: ObjectStore, key: str, data: bytes, sidecar: bytes,
     return not existed
 
 
-def publish_image(store: ObjectStore, job: ImageJob, labelled: LabelledImage,
-                  sidecar: dict[str, Any], spool: Spool | None = None) -> PublishedImage:
-    """Keep the image in the spool (if given), upload it, then drop it from the spool.
-
-    Only jobs without a sidecar in the store get here. When the upload fails the image stays
-    in the spool, and the error says so.
-    """
-    body = sidecar_bytes(sidecar)
-    if spool is not None:
-        spool.put(job.key, labelled.data, body)
-    try:
-        created = upload_image(store, job.key, labelled.data, body)
-    except StoreError as exc:
-        if spool is None:
-            raise
-        raise StoreError(f"{exc} (the image is kept in the local spool {spool.dir}; the next run "
-                         "uploads it first instead of making it again)") from exc
-    if spool is not None:
-        spool.remove(job.key)
-    return PublishedImage(key=job.key, sidecar_key=job.sidecar_key, created=created,
-                          size_bytes=len(labelled.data))
-
-
 class PublishFailure(BaseModel):
     """One image of a batch that did not reach the store, and why."""
 
@@ -290,6 +267,10 @@ class PublishFailure(BaseModel):
     message: str
 
 
+class PublishError(ZpipeError):
+    """An image was made but not published; the message names it, the cause, and the spool."""
+
+
 class BatchPublished(BaseModel):
     """What `publish_batch` did with one generated batch, image by image, in job order."""
 
@@ -297,6 +278,11 @@ class BatchPublished(BaseModel):
 
     published: list[PublishedImage]
     failed: list[PublishFailure]
+
+    def raise_failed(self) -> None:
+        """PublishError for the first image that failed, if any (for callers of one image)."""
+        for failure in self.failed:
+            raise PublishError(f"{failure.key}: {failure.kind}: {failure.message}")
 
 
 def publish_batch(store: ObjectStore, jobs: list[ImageJob], results: list[GenerationResult],
@@ -427,7 +413,7 @@ def retry_delays(patience_s: float) -> list[float]:
 
 
 def upload_retries(patience_s: float | None = None) -> dict[str, Any]:
-    """Task options for upload retries, e.g. `publish_task.with_options(**upload_retries())`."""
+    """Task options for upload retries, e.g. `recover_spool_task.with_options(**upload_retries())`."""
     delays = retry_delays(upload_patience_s() if patience_s is None else patience_s)
     return {"retries": len(delays), "retry_delay_seconds": delays}
 
@@ -476,30 +462,6 @@ def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
 def find_missing_task(store_url: str, jobs: list[ImageJob]) -> list[ImageJob]:
     """Skip jobs already published by an earlier run of the same week."""
     return find_missing(_store(store_url), jobs)
-
-
-def _job_name(prefix: str):
-    def name() -> str:
-        from prefect.runtime import task_run
-
-        job = task_run.parameters.get("job")
-        return f"{prefix} {job.weekday}-{job.format}-v{job.variant}" if job else prefix
-    return name
-
-
-@task(name="label-image", task_run_name=_job_name("label"), cache_policy=NO_CACHE)
-def label_job_task(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> LabelledImage:
-    """Watermark stage: logo, explicit AIGC label, implicit XMP label."""
-    return label_job(job, result, brand)
-
-
-@task(name="upload-image", task_run_name=_job_name("upload"), cache_policy=NO_CACHE,
-      retry_condition_fn=retry_unless_spool_fails, **upload_retries(UPLOAD_PATIENCE_S))
-def publish_task(store_url: str, job: ImageJob, result: GenerationResult,
-                 labelled: LabelledImage) -> PublishedImage:
-    """Upload stage: spool the labelled image, upload it then its sidecar, unspool it."""
-    return publish_image(_store(store_url), job, labelled, build_sidecar(job, result, labelled),
-                         Spool.for_store(store_url))
 
 
 def _batch_name() -> str:

@@ -559,7 +559,8 @@ HOSTILE_FEED = """<?xml version="1.0" encoding="utf-8"?>
 def test_hostile_campaign_writes_only_under_its_prefix(tree: Path, tmp_path: Path, zpipe_cache):
     from tasks.generate import generate_images
     from tasks.plan import brand_fingerprint, plan_week
-    from tasks.publish import build_sidecar, label_job, publish_image
+    from tasks.publish import publish_batch
+    from tasks.spool import Spool
 
     # 1. Hostile but valid data: template text in the brand name, themes, rule additions and trend
     (tree / "trends/hostile.xml").write_text(HOSTILE_FEED, encoding="utf-8")
@@ -583,8 +584,9 @@ def test_hostile_campaign_writes_only_under_its_prefix(tree: Path, tmp_path: Pat
     assert len(jobs) == 1
     store = LocalStore(tmp_path / "out")
     [result] = generate_images(jobs, engine)
-    labelled = label_job(jobs[0], result, bundle.brand)
-    publish_image(store, jobs[0], labelled, build_sidecar(jobs[0], result, labelled))
+    spool = Spool(tmp_path / "spool", store.describe())  # emptied once the store has the image
+    outcome = publish_batch(store, jobs, [result], bundle.brand, spool, patience_s=0)
+    assert [p.key for p in outcome.published] == [jobs[0].key] and not outcome.failed
 
     # 3. Every file is under demo/hostile-week/2026-W48/; nothing else was written anywhere
     written = [p for p in _walk(tmp_path) if not p.startswith("configs/")]

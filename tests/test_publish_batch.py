@@ -19,7 +19,7 @@ from PIL import Image
 from tasks.config import EngineSettings, load_campaign
 from tasks.errors import StoreError
 from tasks.plan import ImageJob, brand_fingerprint, plan_week
-from tasks.publish import BatchPublished, publish_batch
+from tasks.publish import BatchPublished, PublishError, publish_batch
 from tasks.spool import Spool, SpoolError
 from tasks.storage import LocalStore
 from tests.conftest import REPO
@@ -93,6 +93,10 @@ def test_one_broken_image_fails_alone(batch, tmp_path):
     assert failure.key == jobs[1].key and failure.kind == "LabelError"
     assert "cannot decode the generated image" in failure.message
     assert not store.exists(jobs[1].key) and not store.exists(jobs[1].sidecar_key)
+    # a one-image caller (the comment-reply flow) gets the failure as an exception
+    with pytest.raises(PublishError, match=rf"{jobs[1].key}: LabelError: cannot decode"):
+        outcome.raise_failed()
+    BatchPublished(published=outcome.published, failed=[]).raise_failed()  # nothing failed
 
 
 def test_uploads_ride_out_a_short_outage(batch, tmp_path, monkeypatch):
