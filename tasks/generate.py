@@ -116,7 +116,7 @@ def generate_batch(jobs: list[ImageJob], settings: EngineSettings) -> list[Gener
     """Generate a batch of images on this process's engine.
 
     Its images go straight to the publishing task in the same process, so they are never
-    written to result storage (pickling 4 PNGs per batch cost CPU the generator needs). No
+    written to result storage (pickling every batch's PNGs cost CPU the generator needs). No
     `timeout_seconds`: in a worker thread a timeout cannot stop a running pipeline call.
     """
     return generate_images(jobs, settings)
