@@ -10,6 +10,7 @@ from PIL import Image
 
 from tasks.storage import ObjectStore
 from tasks.watermark import read_labels
+from zengine import GenerationResult
 
 TC260_KEYS = {"Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator",
               "PropagateID", "ReservedCode2"}
@@ -60,3 +61,13 @@ def check_campaign_objects(store: ObjectStore, expected_images: int) -> list[dic
         assert sidecar["prompt"] and sidecar["template"]["version"]
         assert sidecar["model"]["id"] and sidecar["model"]["revision"]
     return sidecars
+
+
+def noise_result(job) -> GenerationResult:
+    """A stand-in generated image for a job (seeded noise at its size), for labelling tests."""
+    noise = np.random.default_rng(job.seed).integers(60, 200, (job.height, job.width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    return GenerationResult(png=buffer.getvalue(), prompt=job.prompt.text, seed=job.seed, steps=8,
+                            guidance_scale=0.0, width=job.width, height=job.height, model_id="tiny",
+                            revision="r")

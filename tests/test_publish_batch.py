@@ -7,14 +7,11 @@ the store's outage is a LocalStore whose `put` raises the StoreError an unreacha
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tasks.config import EngineSettings, load_campaign
 from tasks.errors import StoreError
@@ -23,7 +20,7 @@ from tasks.publish import BatchPublished, PublishError, publish_batch
 from tasks.spool import Spool, SpoolError
 from tasks.storage import LocalStore
 from tests.conftest import REPO
-from tests.helpers import check_campaign_objects
+from tests.helpers import check_campaign_objects, noise_result
 from zengine import GenerationResult
 
 DEMO = REPO / "configs/campaigns/weekly-demo.yaml"
@@ -59,16 +56,7 @@ def batch() -> tuple[list[ImageJob], list[GenerationResult], object]:
     bundle = load_campaign(DEMO)
     engine = EngineSettings(model="tiny", preview_scale=0.25)
     jobs = plan_week(bundle, "2026-W48", date(2026, 11, 23), [], engine, brand_fingerprint(bundle))[:4]
-    return jobs, [_result(job) for job in jobs], bundle.brand
-
-
-def _result(job: ImageJob) -> GenerationResult:
-    noise = np.random.default_rng(job.seed).integers(60, 200, (job.height, job.width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(noise).save(buffer, "PNG")
-    return GenerationResult(png=buffer.getvalue(), prompt=job.prompt.text, seed=job.seed, steps=8,
-                            guidance_scale=0.0, width=job.width, height=job.height, model_id="tiny",
-                            revision="r")
+    return jobs, [noise_result(job) for job in jobs], bundle.brand
 
 
 def test_a_batch_is_published_whole_and_leaves_the_spool_empty(batch, tmp_path):

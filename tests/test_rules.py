@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from tasks.calendar import festivals_on
 from tasks.config import EngineSettings, load_campaign, parse_week
@@ -20,7 +17,7 @@ from tasks.plan import brand_fingerprint, plan_week, plan_week_slots
 from tasks.publish import build_sidecar, label_job
 from tasks.rules import Rule, Slot, apply_rules, matches
 from tasks.trends import Trend
-from zengine import GenerationResult
+from tests.helpers import noise_result
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -317,20 +314,11 @@ def test_variant_errors(config_tree: Path, change, field: str, message: str) -> 
 # Sidecar
 
 
-def _result(job) -> GenerationResult:
-    noise = np.random.default_rng(job.seed).integers(60, 200, (job.height, job.width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(noise).save(buf, "PNG")
-    return GenerationResult(png=buf.getvalue(), prompt=job.prompt.text, seed=job.seed, steps=8,
-                            guidance_scale=0.0, width=job.width, height=job.height, model_id="tiny",
-                            revision="r")
-
-
 def test_sidecar_records_rules_festivals_axes_copy_and_overlay() -> None:
     bundle = load_campaign(AB)
     plan = _plan(AB, "2027-W05", engine=EngineSettings(preview_scale=0.5))
     job = next(j for j in plan.jobs if j.weekday == "sat" and j.variant == 2)
-    result = _result(job)
+    result = noise_result(job)
     sidecar = build_sidecar(job, result, label_job(job, result, bundle.brand))
     assert sidecar["rules"] == ["spring-festival", "weekend-mood"]
     assert sidecar["festivals"][0]["zh"] == "春节"
@@ -341,7 +329,7 @@ def test_sidecar_records_rules_festivals_axes_copy_and_overlay() -> None:
     assert sidecar["template"] == {"name": "festival-poster", "version": "1.0.0"}
 
     monday = next(j for j in plan.jobs if j.weekday == "mon")
-    plain = build_sidecar(monday, _result(monday), label_job(monday, _result(monday), bundle.brand))
+    plain = build_sidecar(monday, noise_result(monday), label_job(monday, noise_result(monday), bundle.brand))
     assert plain["headline_overlay"] is None and plain["rules"] == []
     assert plain["copy"] == {"zh": "今天也要好好喝咖啡", "en": "Good coffee, good day"}
 
