@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
+import re
 import socket
 import threading
 import time
@@ -332,6 +333,10 @@ def _workers_idle(client: SyncPrefectClient) -> bool:
     return not busy
 
 
+# What PrefectDistributedFuture raises (a bare RuntimeError) for a run with no state yet
+_NO_STATE_YET = re.compile(r"has no state which means it hasn't started yet")
+
+
 class HandedOver(PrefectDistributedFuture[list[GenerationResult]]):
     """A batch handed to resident task workers; `result()` survives a worker or server that dies.
 
@@ -379,6 +384,15 @@ class HandedOver(PrefectDistributedFuture[list[GenerationResult]]):
                 except TimeoutError:
                     if self._final_state is not None:  # the batch itself raised a TimeoutError
                         raise
+                    with get_client(sync_client=True) as client:
+                        self._look(client)
+                except RuntimeError as exc:
+                    if not _NO_STATE_YET.search(str(exc)):
+                        raise
+                    # a run queued just now (a hand-over right after a server restart) whose
+                    # state the server has not recorded yet: Prefect returns at once, so wait
+                    # here, then look at it as at any queued run
+                    time.sleep(self.policy.poll_s if left is None else min(self.policy.poll_s, left))
                     with get_client(sync_client=True) as client:
                         self._look(client)
                 except CrashedRun as exc:

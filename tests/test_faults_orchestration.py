@@ -464,3 +464,40 @@ def test_duplicate_and_out_of_order_comment_events_make_one_image_per_comment(
     assert ledger.get("c-x").state == "rejected" and ledger.get("c-x").image_key is None
     with get_client(sync_client=True) as client:  # the one that took over C left its run id
         assert client.read_flow_run(ledger.get("c-c").flow_run_id).state.is_completed()
+
+
+def test_a_handed_over_run_without_a_state_yet_is_waited_for(monkeypatch):
+    """Right after a server restart a batch handed over again can exist with no state yet;
+    Prefect's future then raises RuntimeError at once. The flow must wait and look, not fail
+    (seen in CI: "Task run ... has no state which means it hasn't started yet")."""
+    import contextlib
+    import uuid
+
+    from prefect.futures import PrefectDistributedFuture
+
+    import tasks.generate as generate
+
+    run_id = uuid.uuid4()
+    answers = iter([RuntimeError(f"Task run {run_id} has no state which means it hasn't started yet."),
+                    ["image"]])
+
+    def result(self, timeout=None, raise_on_failure=True):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    looked, slept = [], []
+    monkeypatch.setattr(PrefectDistributedFuture, "result", result)
+    monkeypatch.setattr(generate.HandedOver, "_look", lambda self, client: looked.append(client))
+    monkeypatch.setattr(generate, "get_client", lambda sync_client: contextlib.nullcontext("client"))
+    monkeypatch.setattr(generate.time, "sleep", slept.append)
+    future = generate.HandedOver(lambda: type("Run", (), {"task_run_id": run_id})(), "generate mon",
+                                 generate.WorkerPolicy(poll_s=2))
+    assert future.result() == ["image"]
+    assert looked == ["client"] and slept == [2]
+
+    other = RuntimeError("something else broke")  # any other RuntimeError still propagates
+    answers = iter([other])
+    with pytest.raises(RuntimeError, match="something else broke"):
+        future.result()
