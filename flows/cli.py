@@ -25,6 +25,18 @@ QUIET_PREFECT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     "PREFECT_LOGGING_LOG_PRINTS": "false",
+    # Without PREFECT_API_URL a run starts a temporary API server, migrating a new database on
+    # first use; Prefect gives it 20 s, which a cold, loaded 2-core machine exceeds.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+}
+
+
+# diffusers / transformers / huggingface_hub: no "Loading weights" bars or load warnings between
+# zpipe's bars (zengine turns diffusers' own bars off when the hub's switch is on).
+QUIET_MODEL_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
 }
 
 
@@ -32,8 +44,10 @@ def _quiet_prefect(verbose: bool = False) -> None:
     """Offline-friendly Prefect defaults; run logs still reach the API (and the UI)."""
     for name, value in QUIET_PREFECT.items():
         os.environ.setdefault(name, value)
-    if not verbose:  # keep the terminal for the progress bars
+    if not verbose:  # keep the terminal for zpipe's own progress bars
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        for name, value in QUIET_MODEL_LIBRARIES.items():
+            os.environ.setdefault(name, value)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -77,7 +91,7 @@ def run(
 ) -> None:
     """Run one week of a campaign: trends -> prompts -> images -> labels -> store."""
     _quiet_prefect(verbose)
-    from flows.campaign import weekly_campaign
+    from flows.campaign import finished_week, weekly_campaign
     from tasks.config import load_campaign, load_settings, parse_week
     from tasks.progress import ProgressEvent, progress_sink
     from tasks.storage import open_store
@@ -96,9 +110,18 @@ def run(
     except (ZpipeError, ValueError) as exc:
         raise _fail(exc) from None
 
+    started = time.perf_counter()
+    # A week an earlier run finished needs no Prefect API and no model: say so and stop.
+    try:
+        done = finished_week(str(campaign), week, store, str(settings) if settings else None, engine)
+    except ZpipeError as exc:
+        raise _fail(exc) from None
+    if done is not None:
+        _print_summary(done, started, note="nothing to do: every image of the week is in the store")
+        return
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    started = time.perf_counter()
     with Progress(*columns, console=err, transient=False) as bars:
         images = bars.add_task("images", total=None)
         generated = bars.add_task("generated", total=None)
@@ -110,6 +133,8 @@ def run(
             elif event.kind == "skipped":
                 bars.advance(images, event.count)
                 bars.advance(generated, event.count)
+            elif event.kind == "loaded":
+                bars.console.print(event.detail, highlight=False)
             elif event.kind == "generated":
                 bars.advance(generated, event.count)
             else:
@@ -126,6 +151,12 @@ def run(
             err.print(f"[bold red]campaign failed:[/] {exc}", highlight=False)
             raise typer.Exit(code=1) from None
 
+    _print_summary(summary, started)
+
+
+def _print_summary(summary, started: float, note: str = "") -> None:  # a CampaignSummary
+    from tasks.storage import open_store
+
     table = Table(title=f"{summary.campaign} {summary.week}")
     for column in ("new", "already there", "failed", "from spool", "store"):
         table.add_column(column)
@@ -134,7 +165,14 @@ def run(
     console.print(table)
     for failure in summary.trend_failures:
         err.print(f"[yellow]trend source skipped:[/] {failure}", highlight=False)
-    console.print(f"{summary.planned} images in {time.perf_counter() - started:.1f} s")
+    console.print(f"{summary.planned} images in {time.perf_counter() - started:.1f} s"
+                  + (f" ({note})" if note else ""), highlight=False)
+    store = open_store(summary.store)
+    console.print(f"Look at them: {store.describe()}", highlight=False)
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    if PREFECT_API_URL.value() and PREFECT_UI_URL.value():  # none for the temporary local API
+        console.print(f"Runs, artifacts and logs: {PREFECT_UI_URL.value()}/runs", highlight=False)
 
 
 def _default_settings() -> Path | None:

@@ -47,6 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.config import EngineSettings
 from tasks.errors import ConfigError, ZpipeError
 from tasks.plan import ImageJob
+from tasks.progress import ProgressEvent, emit
 from zengine import (
     FastPath,
     GenerationRequest,
@@ -98,6 +99,10 @@ def generate_images(
 ) -> list[GenerationResult]:
     """Generate one image per job, in job order; timings say which process and load made it."""
     engine = get_engine(settings)
+    if not engine.loaded:
+        engine.load()
+        emit(ProgressEvent("loaded", detail=f"model {settings.model} loaded on {engine.device} "
+                                            f"in {engine.load_s or 0.0:.1f} s"))
     results = engine.generate([to_request(job) for job in jobs], on_step=on_step)
     for result in results:
         result.timings.update(engine_pid=os.getpid(), engine_loads=engine.load_count,

@@ -16,7 +16,7 @@ from uuid import UUID
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 
-EventKind = Literal["planned", "skipped", "generated", "published", "failed"]
+EventKind = Literal["planned", "skipped", "loaded", "generated", "published", "failed"]
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,17 @@ class RunProgress:
         update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
 
     def advance_done(self, batches: Sequence[tuple[Sequence[object], PrefectFuture]]) -> None:
-        """Count the images of the (images, future) pairs whose future finished since last time."""
-        new = [(id(future), len(images)) for images, future in batches
-               if id(future) not in self._counted and future.state.is_final()]
-        if new:
-            self._counted.update(key for key, _ in new)
-            self.advance(sum(count for _, count in new))
+        """Count the images of the (images, future) pairs whose future finished since last time.
+
+        A glance while the run goes on: a future's state can lag behind its result, so a batch
+        missed here is counted by `finish`, which the flow calls with every result in hand.
+        """
+        for images, future in batches:
+            if id(future) not in self._counted and future.state.is_final():
+                self.finish(images, future)
+
+    def finish(self, images: Sequence[object], future: PrefectFuture) -> None:
+        """Count a batch whose result the flow holds (published or failed), once."""
+        if id(future) not in self._counted:
+            self._counted.add(id(future))
+            self.advance(len(images))
