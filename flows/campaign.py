@@ -19,11 +19,12 @@ from flows.review import wait_for_review
 from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
 from tasks.config import EngineSettings, load_campaign, load_settings, parse_week
 from tasks.generate import generate_batch, generate_on_worker
-from tasks.plan import ImageJob, plan_week_task
+from tasks.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
 from tasks.publish import (
     BatchPublished,
     PublishFailure,
+    find_missing,
     find_missing_task,
     publish_batch_task,
     recover_spool_task,
@@ -32,7 +33,12 @@ from tasks.publish import (
 from tasks.ranking import rank_trends_task, record_trends_task, source_weights
 from tasks.spool import Spool
 from tasks.storage import open_store
-from tasks.trend_store import load_recent_trends_task, load_week_trends_task, save_week_trends_task
+from tasks.trend_store import (
+    load_recent_trends_task,
+    load_week_trends,
+    load_week_trends_task,
+    save_week_trends_task,
+)
 from tasks.trends import TrendReport, ingest_trends
 from zengine import GenerationResult
 
@@ -159,16 +165,19 @@ def weekly_campaign(
         progress.advance_done(published)
 
     # 4. Collect: one image failing does not lose the others
-    for _ in as_completed([future for _, future in published]):
-        progress.advance_done(published)
-    created, existing, failed, causes = [], [], [], {}
-    for batch, future in published:
+    batch_of = {id(future): batch for batch, future in published}
+    outcomes: dict[int, BatchPublished] = {}
+    for future in as_completed([future for _, future in published]):
         try:
-            outcome: BatchPublished = future.result()
+            outcomes[id(future)] = future.result()
         except Exception as exc:  # the whole batch (spool full, a bug): report, keep going
-            outcome = BatchPublished(published=[], failed=[
+            outcomes[id(future)] = BatchPublished(published=[], failed=[
                 PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc))
-                for job in batch])
+                for job in batch_of[id(future)]])
+        progress.finish(batch_of[id(future)], future)  # from the result: a state can lag
+    created, existing, failed, causes = [], [], [], {}
+    for _, future in published:
+        outcome = outcomes[id(future)]
         for failure in outcome.failed:
             failed.append(failure.key)
             causes.setdefault(failure.kind, failure.message)
@@ -203,6 +212,35 @@ def weekly_campaign(
                         summary.approval.reviewer, len(summary.approval.published),
                         len(summary.approval.rejected))
     return summary
+
+
+def finished_week(campaign: str, week: str | None = None, store: str | None = None,
+                  settings: str | None = None,
+                  engine: EngineSettings | None = None) -> CampaignSummary | None:
+    """The summary of a week an earlier run already finished, found without running anything.
+
+    The flow's own first steps (frozen trends, plan, one store listing) with plain functions:
+    no Prefect API, no model load. None when there may be work: the week was never planned,
+    the local spool holds images to upload, an image is missing, or a review gate waits.
+    """
+    bundle = load_campaign(campaign)
+    if bundle.campaign.approval == "required":  # the gate decides, even with every image made
+        return None
+    config = load_settings(settings)
+    engine = engine or config.engine
+    name = bundle.campaign.name
+    week_label, monday = parse_week(week, datetime.now(ZoneInfo(bundle.campaign.timezone)).date())
+    store_url = resolve_store_url(store or config.store)
+    object_store = open_store(store_url)
+    trends = load_week_trends(object_store, name, week_label)
+    if trends is None or Spool.for_store(store_url).committed():
+        return None
+    jobs = plan_week(bundle, week_label, monday, trends, engine, brand_fingerprint(bundle))
+    if find_missing(object_store, jobs):
+        return None
+    return CampaignSummary(campaign=name, week=week_label, store=store_url, planned=len(jobs),
+                           created=[], existing=[job.key for job in jobs], failed=[],
+                           trend_failures=[])
 
 
 def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
