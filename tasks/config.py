@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from tasks.errors import ConfigError, LabelError
 from tasks.overlay import HeadlineStyle
 from tasks.prompts import BilingualText, PromptLibrary, PromptTemplate
+from tasks.qa.settings import QASettings
 from tasks.ranking import SafetyPolicy
 from tasks.rules import Rule
 from tasks.trends import SourceFile, TrendSource, load_source
@@ -344,6 +345,8 @@ class Settings(Strict):
         default="local", description="local: in the flow's process; workers: `zpipe worker`s")
     trends_max_age_s: int = Field(default=7200, ge=0,
                                   description="use stored trends younger than this, else fetch")
+    qa: QASettings = Field(default_factory=QASettings,
+                           description="the gate before publishing: checks, thresholds, retries")
 
 
 # The only environment variables zpipe reads for settings (secrets stay with boto3 / intake).

@@ -104,6 +104,17 @@ class PromptParts(BaseModel):
     style: str
 
 
+class DrawText(BaseModel):
+    """The copy a template asks the model to draw, per language: Jinja2 rendered with the
+    prompt's variables (e.g. `"{{ theme.zh }}"`). The QA gate reads it back from the image
+    (tasks.qa); an empty rendering means nothing is drawn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    zh: str = ""
+    en: str = ""
+
+
 class PromptTemplate(BaseModel):
     """A named, versioned prompt template in Chinese and English."""
 
@@ -120,6 +131,9 @@ class PromptTemplate(BaseModel):
     headline_overlay: bool = Field(
         default=False, description="typeset the copy over the image in the brand font instead "
                                    "of asking the model to draw it (model text can be garbled)")
+    draw_text: DrawText | None = Field(
+        default=None, description="the copy the prompt asks the model to draw ({zh, en} "
+                                  "templates); the QA gate reads it back and compares")
 
     @field_validator("name")
     @classmethod
@@ -145,9 +159,12 @@ class PromptTemplate(BaseModel):
         """Compile every part now, so a syntax error fails at load time, not mid-campaign."""
         for language in ("zh", "en"):
             parts: PromptParts = getattr(self, language)
-            for part in PARTS:
+            sources = [(part, getattr(parts, part)) for part in PARTS]
+            if self.draw_text is not None:
+                sources.append(("draw_text", getattr(self.draw_text, language)))
+            for part, source in sources:
                 try:
-                    _compile(getattr(parts, part))
+                    _compile(source)
                 except jinja2.TemplateSyntaxError as err:
                     reason = (err.message or "invalid syntax").rstrip(".")
                     raise ValueError(
@@ -229,6 +246,7 @@ class RenderedPrompt(BaseModel):
     version: str
     language: Language
     parts: dict[str, str]  # part -> text; "zh.subject" style keys when bilingual
+    draw_text: dict[str, str] = Field(default_factory=dict)  # language -> copy the model must draw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,8 +428,12 @@ def render_prompt(
     languages = ("zh", "en") if language == "bilingual" else (language,)
     texts: list[str] = []
     parts: dict[str, str] = {}
+    draw: dict[str, str] = {}
     for lang in languages:
         rendered = _render_parts(template, lang, variables)
+        text = _render_draw_text(template, lang, variables)
+        if text:
+            draw[lang] = text
         for part, by_language in (additions or {}).items():
             extra = [_clean(str(e)) for e in by_language.get(lang, ()) if _clean(str(e))]
             if extra:
@@ -425,7 +447,22 @@ def render_prompt(
         version=template.version,
         language=language,
         parts=parts,
+        draw_text=draw,
     )
+
+
+def _render_draw_text(template: PromptTemplate, language: Literal["zh", "en"],
+                      variables: Mapping[str, Any]) -> str:
+    """The copy the model is asked to draw in `language` ("" when none), cleaned like copy."""
+    source = getattr(template.draw_text, language, "") if template.draw_text else ""
+    if not source:
+        return ""
+    where = f"prompt template {template.name!r} v{template.version}, draw_text.{language}"
+    try:
+        return clean_copy(_render_capped(_compile(source), dict(variables), where))
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as err:
+        raise PromptError(f"{where}: rendering failed: {type(err).__name__}: {err}; guard optional "
+                          "variables, e.g. {{ copy.zh if copy else '' }}") from None
 
 
 def _render_parts(

@@ -3,6 +3,12 @@
 The image is uploaded first and its sidecar last: a sidecar in the store means the image
 beside it is complete, so a run that died half-way is finished by the next run.
 
+Between labelling and upload, the QA gate (tasks.qa) looks at every image, here on the publish
+threads so the GPU never waits: an image that passes is published; a flagged one goes under
+`held/` (never the public prefix) for a reviewer; one whose drawn copy does not read back is
+sent back to be made again with the next seed (`BatchPublished.retry`), up to `qa.retries`
+times, then gets the exact copy typeset over it. Every sidecar records the gate's `qa` block.
+
 Before its upload, every finished image is kept in the durable local spool (tasks.spool): an
 upload that fails after its retries (S3 down for longer than `ZPIPE_UPLOAD_PATIENCE_S`) leaves
 the image there, and the next run uploads it first (`recover_spool`) instead of making it again.
@@ -17,20 +23,23 @@ import math
 import os
 import posixpath
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageColor
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
+from tasks.approval import HELD, held_key
 from tasks.config import BrandConfig
 from tasks.errors import ConfigError, StoreError, ZpipeError
 from tasks.overlay import Box, OverlayPlacement, draw_headline
 from tasks.plan import ImageJob
 from tasks.provenance import load_signing_config
 from tasks.provenance import sign as sign_c2pa
+from tasks.qa import NsfwDetector, QAAttempt, QAReport, QASettings, Subject, inspect
 from tasks.spool import SIDECAR_SUFFIX, Spool, SpoolEntryError, SpoolError
 from tasks.storage import ObjectStore, open_store
 from tasks.watermark import (
@@ -44,7 +53,7 @@ from tasks.watermark import (
     encode_image,
     find_cjk_font,
 )
-from zengine import GenerationResult
+from zengine import TINY_MODEL_ID, GenerationResult
 
 SIDECAR_SCHEMA = "zpipe.sidecar/1"
 PENDING_PREFIX, PUBLISHED_PREFIX = "pending/", "published/"  # the approval gate's folders
@@ -76,6 +85,8 @@ class PublishedImage(BaseModel):
     sidecar_key: str
     created: bool
     size_bytes: int
+    qa_decision: str | None = None  # publish | overlay (None: the gate is off)
+    qa_score: float | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -182,7 +193,8 @@ def _label_areas(size: tuple[int, int], label: LabelSpec, logo: Image.Image | No
     return areas
 
 
-def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledImage) -> dict[str, Any]:
+def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledImage,
+                  qa: QAReport | None = None) -> dict[str, Any]:
     """The JSON record stored beside each image: enough to reproduce and audit it."""
     return {
         "schema": SIDECAR_SCHEMA,
@@ -224,6 +236,7 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
         },
         "timings": {**result.timings, "label_s": round(labelled.label_s, 4), **labelled.steps_s},
         "c2pa": {"signed": labelled.c2pa_signed, "assertion": "cn.zpipe.aigc"},
+        "qa": qa.record() if qa is not None else None,
     }
 
 
@@ -237,6 +250,68 @@ def object_metadata(sidecar: dict[str, Any]) -> dict[str, str]:
     template = sidecar["template"]
     return {"content-id": sidecar["content_id"], "seed": str(sidecar["seed"]),
             "template": f"{template['name']}@{template['version']}"}
+
+
+# --- The QA gate ---------------------------------------------------------------------------
+
+
+class Inspected(BaseModel):
+    """One image through label + QA: what to store (unless retried), and the gate's report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: ImageJob  # with the fallback's overlay lines when the exact headline was typeset
+    labelled: LabelledImage
+    report: QAReport | None  # None: the gate is off
+
+
+def qa_subject(job: ImageJob, result: GenerationResult, labelled: LabelledImage,
+               brand: BrandConfig) -> Subject:
+    """What the gate looks at: the model's picture, the published bytes, and what was meant."""
+    overlay = labelled.overlay
+    return Subject(
+        generated=decode_image(result.png, "the generated image"),
+        final=decode_image(labelled.data, "the labelled image"),
+        seed=result.seed, label_text=labelled.placement.text,
+        label_box=labelled.placement.text_bbox, draw_text=dict(job.prompt.draw_text),
+        overlay_lines=list(zip(overlay.lines, overlay.line_boxes, strict=True)) if overlay else [],
+        brand_colours=dict(brand.colours),
+        model_draws_text=result.model_id != TINY_MODEL_ID)  # random weights draw noise, not text
+
+
+def fallback_brand(brand: BrandConfig) -> BrandConfig:
+    """The brand with an opaque headline plate: the typeset fallback covers the garbled copy."""
+    r, g, b, *_ = ImageColor.getrgb(brand.headline.plate_color)
+    plate = f"#{r:02X}{g:02X}{b:02X}"
+    return brand.model_copy(update={"headline": brand.headline.model_copy(update={"plate_color": plate})})
+
+
+def label_and_inspect(job: ImageJob, result: GenerationResult, brand: BrandConfig, qa: QASettings,
+                      attempts: list[QAAttempt], detector: NsfwDetector | None = None) -> Inspected:
+    """Label one image and run the gate; on "overlay", typeset the drawn copy and look again.
+
+    `attempts` are the earlier tries of this job (other seeds); their number is this attempt's.
+    """
+    labelled = label_job(job, result, brand)
+    if not qa.enabled:
+        return Inspected(job=job, labelled=labelled, report=None)
+    report = inspect(qa_subject(job, result, labelled, brand), qa, attempt=len(attempts),
+                     attempts=attempts, detector=detector)
+    if report.decision != "overlay":
+        return Inspected(job=job, labelled=labelled, report=report)
+    # The fallback: the exact copy typeset over the picture (languages in prompt order), seen again
+    drawn = job.prompt.draw_text
+    typeset = job.model_copy(update={"overlay_lines": [drawn[lang] for lang in ("zh", "en")
+                                                       if drawn.get(lang)]})
+    labelled = label_job(typeset, result, fallback_brand(brand))
+    report = inspect(qa_subject(typeset, result, labelled, brand), qa, attempt=len(attempts),
+                     attempts=[*attempts, report.as_attempt()], fallback=True, detector=detector)
+    return Inspected(job=typeset, labelled=labelled, report=report)
+
+
+def next_seed(job: ImageJob) -> ImageJob:
+    """The same job with the next seed (same key: the slot's image, whichever seed made it)."""
+    return job.model_copy(update={"seed": job.seed + 1})
 
 
 def upload_image(store: ObjectStore, key: str, data: bytes, sidecar: bytes,
@@ -271,6 +346,28 @@ class PublishError(ZpipeError):
     """An image was made but not published; the message names it, the cause, and the spool."""
 
 
+class HeldByQA(BaseModel):
+    """An image the QA gate kept off the public prefix: stored under `held/` with its reasons."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str  # the planned key
+    held_key: str  # held/<key>: where it waits for a reviewer (tasks.approval.release_held)
+    reasons: list[str]
+    created: bool
+
+
+class QARetry(BaseModel):
+    """A job the QA gate sent back: make it again with `job` (seed + 1) and publish it with
+    `attempts` (the earlier tries, recorded in its sidecar)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: ImageJob
+    attempts: list[QAAttempt]
+    reasons: list[str]
+
+
 class BatchPublished(BaseModel):
     """What `publish_batch` did with one generated batch, image by image, in job order."""
 
@@ -278,6 +375,8 @@ class BatchPublished(BaseModel):
 
     published: list[PublishedImage]
     failed: list[PublishFailure]
+    held: list[HeldByQA] = []  # flagged by the QA gate: under held/, not public
+    retry: list[QARetry] = []  # to generate again with the next seed, then publish again
 
     def raise_failed(self) -> None:
         """PublishError for the first image that failed, if any (for callers of one image)."""
@@ -287,56 +386,90 @@ class BatchPublished(BaseModel):
 
 def publish_batch(store: ObjectStore, jobs: list[ImageJob], results: list[GenerationResult],
                   brand: BrandConfig, spool: Spool, patience_s: float,
-                  log: Any = None) -> BatchPublished:
-    """Label every image of a generated batch, spool them all, then upload them.
+                  log: Any = None, qa: QASettings | None = None,
+                  attempts: dict[str, list[QAAttempt]] | None = None,
+                  detector: NsfwDetector | None = None) -> BatchPublished:
+    """Label and inspect every image of a generated batch, spool them all, then upload them.
 
     One call per batch, not per image: on a small model, per-image task bookkeeping costs as
     much as the post-processing itself. Each image still succeeds or fails on its own:
-    - an image that cannot be labelled is reported failed, and the others go on;
+    - an image that cannot be labelled or inspected is reported failed, and the others go on;
+    - the QA gate (`qa`, default `QASettings()`) decides per image: publish (at its key),
+      hold (under `held/`, with the reasons in its sidecar), or retry (not stored: returned in
+      `retry` with the next seed; `attempts` are the earlier tries of such jobs, by key);
     - a full or unwritable spool raises `SpoolError` (a person must free space; no retry);
     - uploads that fail (S3 unreachable) are tried again with backoff for `patience_s`
       seconds, shared by the batch; what is still not stored then is reported failed and
       stays in the spool, so the next run uploads it instead of making it again.
+    `detector` replaces the NSFW detector (tests inject a positive result there).
     """
+    qa = qa or QASettings()
+    attempts = attempts or {}
     failed: list[PublishFailure] = []
-    spooled: list[tuple[ImageJob, bytes, bytes]] = []
+    retry: list[QARetry] = []
+    spooled: list[tuple[ImageJob, str, bytes, bytes, QAReport | None]] = []
     for job, result in zip(jobs, results, strict=True):
+        previous = attempts.get(job.key, [])
         try:
-            labelled = label_job(job, result, brand)
+            seen = label_and_inspect(job, result, brand, qa, previous, detector)
         except Exception as exc:  # a broken image must not cost the batch's other images
             failed.append(PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc)))
             continue
-        body = sidecar_bytes(build_sidecar(job, result, labelled))
-        spool.put(job.key, labelled.data, body)
-        spooled.append((job, labelled.data, body))
+        report = seen.report
+        if report is not None and report.decision == "retry":
+            retry.append(QARetry(job=next_seed(job), attempts=[*previous, report.as_attempt()],
+                                 reasons=report.reasons))
+            if log is not None:
+                log.warning("QA: %s: retry with seed %d (%d of %d): %s", job.key, job.seed + 1,
+                            len(previous) + 1, qa.retries, "; ".join(report.reasons))
+            continue
+        sidecar = build_sidecar(seen.job, result, seen.labelled, report)
+        key = job.key
+        if report is not None and report.decision == "hold":
+            key = held_key(job.key)
+            sidecar["key"] = key
+            sidecar["held"] = {"reasons": report.reasons, "public_key": job.key,
+                               "held_at": datetime.now(UTC).isoformat()}
+            if log is not None:
+                log.warning("QA: %s held under %s: %s", job.key, HELD, "; ".join(report.reasons))
+        body = sidecar_bytes(sidecar)
+        spool.put(key, seen.labelled.data, body)
+        spooled.append((job, key, seen.labelled.data, body, report))
 
     published: dict[str, PublishedImage] = {}
+    held: dict[str, HeldByQA] = {}
     existed: dict[str, bool] = {}  # before the first try: a retry finds its own image there
     delays = iter(retry_delays(patience_s))
     while True:
         error: StoreError | None = None
-        for job, data, body in spooled:
-            if job.key in published:
+        for job, key, data, body, report in spooled:
+            if job.key in published or job.key in held:
                 continue
             try:
-                if job.key not in existed:
-                    existed[job.key] = store.exists(job.key)
-                created = upload_image(store, job.key, data, body, existed[job.key])
+                if key not in existed:
+                    existed[key] = store.exists(key)
+                created = upload_image(store, key, data, body, existed[key])
             except StoreError as exc:
                 error = exc  # the store is likely down for all of them: wait, then go on
                 break
-            spool.remove(job.key)
-            published[job.key] = PublishedImage(key=job.key, sidecar_key=job.sidecar_key,
-                                                created=created, size_bytes=len(data))
+            spool.remove(key)
+            if key != job.key:
+                held[job.key] = HeldByQA(key=job.key, held_key=key, created=created,
+                                         reasons=report.reasons if report else [])
+                continue
+            published[job.key] = PublishedImage(
+                key=job.key, sidecar_key=job.sidecar_key, created=created, size_bytes=len(data),
+                qa_decision=report.decision if report else None,
+                qa_score=report.score if report else None)
         if error is None:
             break
         delay = next(delays, None)
-        left = len(spooled) - len(published)
+        left = len(spooled) - len(published) - len(held)
         if delay is None:
             message = (f"{error} (kept in the local spool {spool.dir}; the next run uploads it "
                        "first instead of making it again)")
             failed += [PublishFailure(key=job.key, kind=type(error).__name__, message=message)
-                       for job, _, _ in spooled if job.key not in published]
+                       for job, *_ in spooled if job.key not in published and job.key not in held]
             break
         if log is not None:
             log.warning("upload failed, %d of %d images of this batch wait in the spool: %s; "
@@ -344,7 +477,9 @@ def publish_batch(store: ObjectStore, jobs: list[ImageJob], results: list[Genera
         time.sleep(delay)
     order = {job.key: i for i, job in enumerate(jobs)}
     return BatchPublished(published=sorted(published.values(), key=lambda p: order[p.key]),
-                          failed=sorted(failed, key=lambda f: order[f.key]))
+                          failed=sorted(failed, key=lambda f: order[f.key]),
+                          held=sorted(held.values(), key=lambda h: order[h.key]),
+                          retry=sorted(retry, key=lambda r: order[r.job.key]))
 
 
 class SpoolRecovery(BaseModel):
@@ -432,10 +567,11 @@ def retry_unless_spool_fails(task: Any, task_run: Any, state: Any) -> bool:
 def is_done(store: ObjectStore, key: str) -> bool:
     """True if the store holds the sidecar of `key`.
 
-    A key planned under `pending/` also counts as done once it was approved to `published/`.
+    A key planned under `pending/` also counts as done once it was approved to `published/`;
+    any key counts as done while the QA gate holds it under `held/` (a reviewer decides).
     """
     sidecar_key = key + SIDECAR_SUFFIX
-    if store.exists(sidecar_key):
+    if store.exists(sidecar_key) or store.exists(held_key(sidecar_key)):
         return True
     return key.startswith(PENDING_PREFIX) and store.exists(
         PUBLISHED_PREFIX + sidecar_key.removeprefix(PENDING_PREFIX))
@@ -445,13 +581,14 @@ def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
     """Jobs whose sidecar is not in the store yet (the image may be missing or partial).
 
     One listing of the folder the jobs share (plus its `published/` twin for a gated
-    campaign) instead of a HEAD request per image: a week is one folder.
+    campaign, and its `held/` twin) instead of a HEAD request per image: a week is one folder.
     """
     if len(jobs) <= 2:
         return [job for job in jobs if not is_done(store, job.key)]
     folder = posixpath.commonpath([job.key.rpartition("/")[0] for job in jobs])
     prefix = f"{folder}/" if folder else ""
     present = set(store.list(prefix))
+    present |= {key.removeprefix(HELD) for key in store.list(held_key(prefix))}
     if prefix.startswith(PENDING_PREFIX):
         approved = store.list(PUBLISHED_PREFIX + prefix.removeprefix(PENDING_PREFIX))
         present |= {PENDING_PREFIX + key.removeprefix(PUBLISHED_PREFIX) for key in approved}
@@ -477,14 +614,17 @@ def _batch_name() -> str:
 
 @task(name="publish-batch", task_run_name=_batch_name, cache_policy=NO_CACHE, persist_result=False)
 def publish_batch_task(store_url: str, jobs: list[ImageJob], results: list[GenerationResult],
-                       brand: BrandConfig) -> BatchPublished:
-    """Label, spool and upload one generated batch; uploads ride out an S3 outage themselves.
+                       brand: BrandConfig, qa: QASettings | None = None,
+                       attempts: dict[str, list[QAAttempt]] | None = None) -> BatchPublished:
+    """Label, inspect (QA gate), spool and upload one generated batch.
 
-    Images that fail come back in `failed` (the flow logs and reports each one); waits for S3
-    are logged here as warnings, on this task run.
+    Images that fail come back in `failed` (the flow logs and reports each one), images the
+    gate held in `held`, jobs to make again with the next seed in `retry` (resubmit them with
+    `attempts={r.job.key: r.attempts for r in retry}`); waits for S3 and the gate's holds and
+    retries are logged here as warnings, on this task run.
     """
     return publish_batch(_store(store_url), jobs, results, brand, Spool.for_store(store_url),
-                         upload_patience_s(), get_run_logger())
+                         upload_patience_s(), get_run_logger(), qa=qa, attempts=attempts)
 
 
 @task(name="recover-spool", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_spool_fails,
