@@ -59,6 +59,16 @@ def test_generation_runs_on_the_resident_worker_and_loads_once(task_worker, tmp_
     assert loads == {1}, "the worker loaded the model more than once"
     assert os.getpid() not in pids
 
+    # every Completed run's progress artifact reads 100 % (it once stopped at 12 of 14)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [f"weekly-demo-{week.lower()}-progress" for week in ("2026-W48", "2026-W49", "2026-W50")]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key: float(a.data) for a in artifacts} == dict.fromkeys(keys, 100.0)
+
 
 def _approval_campaign(tmp_path: Path) -> Path:
     import shutil
