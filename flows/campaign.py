@@ -8,8 +8,9 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -17,7 +18,9 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.review import wait_for_review
 from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
-from tasks.config import EngineSettings, load_campaign, load_settings, parse_week
+from tasks.config import BilingualText, EngineSettings, load_campaign, load_settings, parse_week
+from tasks.contact_sheet import ContactSheet, build_contact_sheet, gallery_markdown, write_sheet
+from tasks.errors import StoreError
 from tasks.generate import generate_batch, generate_on_worker
 from tasks.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
@@ -32,7 +35,7 @@ from tasks.publish import (
 )
 from tasks.ranking import rank_trends_task, record_trends_task, source_weights
 from tasks.spool import Spool
-from tasks.storage import open_store
+from tasks.storage import S3Store, open_store
 from tasks.trend_store import (
     load_recent_trends_task,
     load_week_trends,
@@ -46,7 +49,7 @@ POST_WORKERS = 2  # batches labelled and uploaded at once, while the next ones g
 GENERATION_LOOKAHEAD = 2  # batches in flight in-process: one generating, one queued behind it
 # Bounded (Prefect's default pool is unbounded): generation lookahead + post-processing.
 TASK_THREADS = GENERATION_LOOKAHEAD + POST_WORKERS
-GALLERY_URL_TTL_S = 7 * 24 * 3600  # presigned thumbnails in the UI stay valid for a week
+GALLERY_URL_TTL_S = 7 * 24 * 3600  # presigned links in the UI stay valid for a week (S3's most)
 
 
 class CampaignSummary(BaseModel):
@@ -192,8 +195,9 @@ def weekly_campaign(
         existing=existing, failed=failed,
         trend_failures=trend_failures, from_spool=from_spool)
 
-    # 5. Report in the UI: a table of every image and a gallery of thumbnails
-    _publish_artifacts(summary, jobs, results)
+    # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
+    sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)
+    _publish_artifacts(summary, jobs, results, sheet)
     logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
                 len(from_spool), len(existing), len(failed))
     if failed:
@@ -256,18 +260,42 @@ def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
     return "\n".join(lines)
 
 
+@task(name="contact-sheet", cache_policy=NO_CACHE, persist_result=False)
+def write_contact_sheet_task(store_url: str, jobs: list[ImageJob], themes: dict[str, BilingualText],
+                             failed: list[str]) -> ContactSheet | None:
+    """Rebuild the week's contact sheet from the store and write it (None if the store failed).
+
+    Best effort: a sheet the store cannot take is logged, never a reason to fail the run.
+    """
+    logger = get_run_logger()
+    if not jobs:
+        return None
+    store = open_store(store_url)
+    try:
+        sheet = build_contact_sheet(store, jobs, themes, failed)
+        written = write_sheet(store, sheet)
+    except StoreError as exc:
+        logger.warning("contact sheet not updated: %s", exc)
+        return None
+    logger.info("contact sheet %s %s: %s", "written to" if written else "unchanged at",
+                sheet.key, store_url)
+    return sheet
+
+
 def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
-                       results: dict[str, GenerationResult]) -> None:
+                       results: dict[str, GenerationResult], sheet: ContactSheet | None) -> None:
     store = open_store(summary.store)
+    status = {}
     rows = []
     for job in jobs:
         timings = results[job.key].timings if job.key in results else {}
+        status[job.key] = ("failed" if job.key in summary.failed
+                           else "new" if job.key in summary.created
+                           else "from spool" if job.key in summary.from_spool else "already there")
         rows.append({
             "day": f"{job.weekday} {job.date}", "format": job.format, "variant": job.variant,
             "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
-            "key": job.key, "status": "failed" if job.key in summary.failed
-            else "new" if job.key in summary.created
-            else "from spool" if job.key in summary.from_spool else "already there",
+            "key": job.key, "status": status[job.key],
             "generate_s": round(timings.get("image_s", 0.0), 3),
             "prompt": job.prompt.text[:160]})
     slug = summary.campaign.lower()
@@ -277,12 +305,20 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
              f"Store `{summary.store}`: {len(summary.created)} new, {len(summary.from_spool)} "
              f"from the local spool, {len(summary.existing)} already there, "
              f"{len(summary.failed)} failed.", ""]
-    for job in jobs:
-        if job.key in summary.failed:
-            continue
-        url = store.url(job.key, expires_s=GALLERY_URL_TTL_S)
-        lines.append(f"**{job.weekday} {job.format} v{job.variant}** — `{job.key}`  ")
-        lines.append(f"![{job.key}]({url})")
+    if sheet is None:
+        lines += ["No contact sheet this run (see the run's log).", ""]
+    elif isinstance(store, S3Store):  # the page embeds its thumbnails: a presigned URL shows it
+        lines += [f"Contact sheet: [`{sheet.key}`]({store.url(sheet.key, GALLERY_URL_TTL_S)}) "
+                  "(link valid 7 days).", ""]
+    else:  # the UI cannot open file:// links: copy the path into the browser
+        lines += [f"Contact sheet: `{store.url(sheet.key)}`", ""]
+    if sheet is not None:
+        # S3: a presigned link to each full image; a local store's file:// links do not open from the UI
+        link = ((lambda key: store.url(key, expires_s=GALLERY_URL_TTL_S))
+                if isinstance(store, S3Store) else None)
+        captions = {cell.job.key: status[cell.job.key] if cell.place == "stored"
+                    else f"{status[cell.job.key]} · {cell.status}" for cell in sheet.cells}
+        lines.append(gallery_markdown(sheet.cells, [], link, captions))
         lines.append("")
     if summary.trend_failures:
         lines += ["Trend sources skipped:", *[f"- {f}" for f in summary.trend_failures]]

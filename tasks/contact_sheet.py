@@ -410,7 +410,8 @@ def gallery_markdown(cells: list[SheetCell], heading: list[str],
     jobs = [cell.job for cell in cells]
     columns = _columns(jobs)
     by_slot = {(c.job.weekday, c.job.format, c.job.variant): c for c in cells}
-    lines = [*heading, "", "| day | " + " | ".join(f"{f} v{v}" for f, v in columns) + " |",
+    lines = [*heading, ""] if heading else []
+    lines += ["| day | " + " | ".join(f"{f} v{v}" for f, v in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for weekday in dict.fromkeys(job.weekday for job in jobs):
         first = next(c.job for c in cells if c.job.weekday == weekday)

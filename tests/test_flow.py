@@ -56,8 +56,10 @@ def test_weekly_campaign_local_store(prefect_api, zpipe_cache, tmp_path):
     table = json.loads(table) if isinstance(table, str) else table
     assert {row["key"] for row in table} == set(summary.created)
     assert {"day", "format", "prompt", "seed", "key", "generate_s"} <= set(table[0])
-    gallery = artifacts["weekly-demo-gallery"].data
-    assert gallery.count("![") == DAYS * FORMATS
+    gallery = artifacts["weekly-demo-gallery"].data  # a grid of embedded thumbnails, captioned
+    assert gallery.count("![") == gallery.count("](data:image/jpeg;base64,") == DAYS * FORMATS
+    assert gallery.count("new · seed ") == DAYS * FORMATS
+    assert f"_sheets/demo/weekly-demo/{WEEK}/index.html" in gallery  # where the contact sheet is
     assert float(artifacts["weekly-demo-2026-w48-progress"].data) == 100.0
 
     # a second run of the same week adds nothing and rewrites nothing
@@ -77,7 +79,8 @@ def test_weekly_campaign_s3_store(prefect_api, zpipe_cache, s3_server, s3_bucket
     store = S3Store(s3_bucket, prefix="campaigns")
     _check_week(store, summary)
     raw = s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]
-    assert all(o["Key"].startswith(("campaigns/demo/weekly-demo/", "campaigns/_trends/")) for o in raw)
+    assert all(o["Key"].startswith(("campaigns/demo/weekly-demo/", "campaigns/_trends/",
+                                    f"campaigns/_sheets/demo/weekly-demo/{WEEK}/")) for o in raw)
     assert any(o["Key"] == f"campaigns/_trends/weekly-demo/weeks/{WEEK}.json" for o in raw)
 
     again = _run(url)
