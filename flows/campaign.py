@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict
 from flows.review import wait_for_review
 from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
 from tasks.config import BilingualText, EngineSettings, load_campaign, load_settings, parse_week
-from tasks.contact_sheet import ContactSheet, build_contact_sheet, gallery_markdown, write_sheet
+from tasks.contact_sheet import (
+    ContactSheet,
+    build_contact_sheet,
+    gallery_markdown,
+    sheet_key,
+    write_sheet,
+)
 from tasks.errors import StoreError
 from tasks.generate import generate_batch, generate_on_worker
 from tasks.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
@@ -64,6 +70,7 @@ class CampaignSummary(BaseModel):
     failed: list[str]
     trend_failures: list[str]
     from_spool: list[str] = []  # made by an earlier run, left in the local spool, uploaded now
+    contact_sheet: str | None = None  # the week's contact sheet's key in the store
     approval: ApprovalOutcome | None = None
 
 
@@ -197,6 +204,7 @@ def weekly_campaign(
 
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
     sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)
+    summary.contact_sheet = sheet.key if sheet else None
     _publish_artifacts(summary, jobs, results, sheet)
     logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
                 len(from_spool), len(existing), len(failed))
@@ -240,11 +248,12 @@ def finished_week(campaign: str, week: str | None = None, store: str | None = No
     if trends is None or Spool.for_store(store_url).committed():
         return None
     jobs = plan_week(bundle, week_label, monday, trends, engine, brand_fingerprint(bundle))
-    if find_missing(object_store, jobs):
+    sheet = sheet_key(jobs[0].brand, jobs[0].campaign, jobs[0].week) if jobs else None
+    if find_missing(object_store, jobs) or (sheet and not object_store.exists(sheet)):
         return None
     return CampaignSummary(campaign=name, week=week_label, store=store_url, planned=len(jobs),
                            created=[], existing=[job.key for job in jobs], failed=[],
-                           trend_failures=[])
+                           trend_failures=[], contact_sheet=sheet)
 
 
 def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],

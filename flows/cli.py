@@ -168,7 +168,10 @@ def _print_summary(summary, started: float, note: str = "") -> None:  # a Campai
     console.print(f"{summary.planned} images in {time.perf_counter() - started:.1f} s"
                   + (f" ({note})" if note else ""), highlight=False)
     store = open_store(summary.store)
-    console.print(f"Look at them: {store.describe()}", highlight=False)
+    if summary.contact_sheet:  # a local path opens in a browser; S3 gets a week-long link
+        console.print(f"Look at them: {store.url(summary.contact_sheet, expires_s=7 * 24 * 3600)}",
+                      highlight=False)
+    console.print(f"Store: {store.describe()}", highlight=False)
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
     if PREFECT_API_URL.value() and PREFECT_UI_URL.value():  # none for the temporary local API

@@ -66,7 +66,8 @@ def test_first_run_on_a_cold_loaded_machine_succeeds_quietly(tmp_path: Path, bus
     # quiet: zpipe's own bars and one line for the model, no third-party loading bars
     assert not [chatter for chatter in THIRD_PARTY_CHATTER if chatter in output], output[-3000:]
     assert "model tiny loaded on cpu in" in output
-    assert f"Look at them: file://{tmp_path / 'out'}" in output
+    sheet = tmp_path / "out/_sheets/demo/weekly-demo" / WEEK / "index.html"
+    assert sheet.is_file() and f"Look at them: {sheet.as_uri()}" in output
 
     # a rerun with nothing to do needs no Prefect API at all: point it at a dead port
     again = _zpipe_run(tmp_path, api_url="http://127.0.0.1:9/api")
@@ -106,6 +107,7 @@ def finished(prefect_api, zpipe_cache, tmp_path: Path, monkeypatch) -> str:
 def test_finished_week_is_found_without_prefect(finished: str, tmp_path: Path) -> None:
     done = finished_week(CAMPAIGN, WEEK, finished, engine=ENGINE)
     assert done is not None and done.created == [] and len(done.existing) == 14
+    assert done.contact_sheet == f"_sheets/demo/weekly-demo/{WEEK}/index.html"
     # the plan it checks is the flow's plan: another engine size is other images, not done
     assert finished_week(CAMPAIGN, WEEK, finished,
                          engine=ENGINE.model_copy(update={"preview_scale": 0.5})) is None
@@ -117,6 +119,13 @@ def test_any_missing_image_or_spooled_upload_means_a_real_run(finished: str, tmp
     sidecar.unlink()
     assert finished_week(CAMPAIGN, WEEK, finished, engine=ENGINE) is None
     sidecar.write_bytes(body)
+    assert finished_week(CAMPAIGN, WEEK, finished, engine=ENGINE) is not None
+
+    sheet = tmp_path / "out" / finished_week(CAMPAIGN, WEEK, finished, engine=ENGINE).contact_sheet
+    page = sheet.read_bytes()
+    sheet.unlink()  # a week without its contact sheet gets a real run, which writes it
+    assert finished_week(CAMPAIGN, WEEK, finished, engine=ENGINE) is None
+    sheet.write_bytes(page)
     assert finished_week(CAMPAIGN, WEEK, finished, engine=ENGINE) is not None
 
     Spool.for_store(finished).put("demo/weekly-demo/x.jpg", b"jpeg", b"{}")
