@@ -263,6 +263,7 @@ def intake(
 
 def _register_subcommands() -> None:
     from flows import stack
+    from flows.import_cli import import_app
     from flows.preview import prompts_app
     from flows.trends_cli import trends_app
     from flows.verify_cli import provenance_app, verify_command
@@ -274,6 +275,7 @@ def _register_subcommands() -> None:
     app.add_typer(prompts_app, name="prompts", help="Preview the prompts a week would generate.")
     app.command("verify")(verify_command)
     app.add_typer(provenance_app, name="provenance", help="C2PA Content Credentials: dev certificates.")
+    app.add_typer(import_app, name="import", help="Bring workflows from other tools (ComfyUI).")
 
 
 _register_subcommands()
