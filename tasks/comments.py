@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.config import SLUG, ReplyPolicy
 from tasks.errors import StoreError, ZpipeError
+from tasks.moderation import Lexicon, load_lexicon, skeleton_words
 from tasks.storage import ObjectStore, find_hidden
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -38,9 +39,12 @@ _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")  # unix seconds; 12 digits reach the y
 # nothing and only serve to hide words from filters; lone surrogates cannot be stored.
 _INVISIBLE = regex.compile(r"[\p{Cf}\p{Default_Ignorable_Code_Point}\p{Cs}]")
 _MAX_KEYWORD_CHARS = 32  # a longer token is a URL or noise, not something to draw
-# jieba part-of-speech tags worth drawing: nouns (people, places, brands), verbs, adjectives,
-# time words (秋天, 周末), idioms and English words; not pronouns, measure words or particles
-_KEYWORD_POS = ("n", "nr", "ns", "nt", "nz", "nw", "vn", "v", "a", "an", "t", "s", "i", "l", "j", "eng")
+# jieba part-of-speech tags worth drawing: nouns (people, places, brands, verbal nouns),
+# adjectives, time and place words (秋天, 周末), idioms and English words. Not verbs: a verb of
+# a comment is what it asks for (画, 生成, 忽略), not what it is about; nor pronouns, measure
+# words or particles. English has no tagger here: stop words and instruction words go instead.
+_KEYWORD_POS = ("n", "nr", "ns", "nt", "nz", "nw", "vn", "a", "an", "t", "s", "i", "eng")
+_MIN_LATIN_KEYWORD = 2  # one letter is not something to draw
 
 CommentId = Annotated[str, Field(pattern=ID_PATTERN, description="the platform's comment id")]
 State = Literal["queued", "running", "done", "failed", "rejected"]
@@ -121,20 +125,36 @@ def _squeeze(text: str) -> str:
     return "".join(ch for ch in text.casefold() if unicodedata.category(ch)[0] not in "ZPS")
 
 
-def moderate(text: str, policy: ReplyPolicy) -> tuple[str, str | None]:
-    """Return (cleaned text, rejection reason or None) under a brand's reply policy."""
+def moderate(text: str, policy: ReplyPolicy, lexicon: Lexicon | None = None) -> tuple[str, str | None]:
+    """Return (cleaned text, rejection reason or None) under a brand's reply policy.
+
+    In order: no visible text; too long; a term of the brand's `replies.blocklist` (named);
+    a term of the shared lexicon (`tasks.moderation`, its category named, not the term); an
+    instruction to the image model instead of a comment. `lexicon` defaults to the shipped one.
+    """
     cleaned = clean_text(text)
     if not cleaned:
         return cleaned, "empty after cleaning: the comment has no visible text"
     if len(cleaned) > policy.max_chars:
         return cleaned, (f"too long: {len(cleaned)} characters after cleaning "
                          f"(limit {policy.max_chars})")
+    # 1. The brand's own terms: substrings, ignoring case, width, spaces and punctuation
     folded, squeezed = cleaned.casefold(), _squeeze(cleaned)
     for term in policy.blocklist:
         needle = clean_text(term).casefold()
         if needle and (needle in folded or (_squeeze(needle) and _squeeze(needle) in squeezed)):
-            return cleaned, f"contains the blocked term {term!r}"
-    return cleaned, None
+            return cleaned, f"contains the blocked term {term!r} (the brand's replies.blocklist)"
+    # 2. The shared lexicon, through normalization (width, look-alikes, leetspeak, pinyin)
+    lexicon = lexicon or load_lexicon()
+    hit = lexicon.find(cleaned)
+    if hit is not None:
+        return cleaned, hit.reason()
+    # 3. Prompt injection: orders to the model rather than a comment about something
+    meaningful = len(extract_keywords(cleaned, limit=_MAX_COUNTED, lexicon=lexicon))
+    return cleaned, lexicon.instruction_reason(cleaned, meaningful)
+
+
+_MAX_COUNTED = 50  # keywords counted to weigh a comment's commands against its content
 
 
 @lru_cache(maxsize=1)
@@ -152,21 +172,39 @@ def _keyword_tools() -> tuple[ModuleType, frozenset[str]]:
 
 
 def warm_keywords() -> None:
-    """Load the segmentation dictionary now (about a second) instead of on the first comment."""
+    """Load the segmentation dictionary and the lexicon now (seconds) instead of on the first comment."""
     _keyword_tools()
+    load_lexicon().find("预热 warm-up")  # also loads the pinyin and look-alike tables
 
 
-def extract_keywords(text: str, limit: int = 5) -> list[str]:
-    """Up to `limit` keywords of a cleaned comment (Chinese and English), most telling first."""
+def _drawable(word: str, stop: frozenset[str], lexicon: Lexicon) -> bool:
+    """A keyword worth drawing: a word, not a stop word, an instruction or a blocked term."""
+    folded = word.casefold()
+    if folded in stop or len(word) > _MAX_KEYWORD_CHARS or not any(ch.isalpha() for ch in word):
+        return False
+    if word.isascii() and len(word) < _MIN_LATIN_KEYWORD:
+        return False
+    never = lexicon.never_keywords
+    if folded in never or " ".join(skeleton_words(word)) in never:  # "draw", "d.r.a.w", "画"
+        return False
+    return lexicon.find(word) is None  # a blocked word never reaches a prompt, whatever came before
+
+
+def extract_keywords(text: str, limit: int = 5, lexicon: Lexicon | None = None) -> list[str]:
+    """Up to `limit` keywords of a cleaned comment (Chinese and English), most telling first.
+
+    Only nouns, adjectives and English words that are not stop words, instructions to the
+    model ("ignore", "draw", "画") or lexicon terms.
+    """
     if limit < 1:
         return []
     analyse, stop = _keyword_tools()
+    lexicon = lexicon or load_lexicon()
     keywords: list[str] = []
     seen: set[str] = set()
     for word in analyse.extract_tags(text, topK=None, allowPOS=_KEYWORD_POS):  # TF-IDF ranking
         folded = word.casefold()
-        if (folded in seen or folded in stop or len(word) > _MAX_KEYWORD_CHARS
-                or not any(ch.isalpha() for ch in word)):
+        if folded in seen or not _drawable(word, stop, lexicon):
             continue
         seen.add(folded)
         keywords.append(word)
