@@ -536,8 +536,12 @@ class _Translator:
 
     def pass_through(self, node: Node, slot: int, want: str, consumer: Node, name: str) -> Ref:
         """A bypassed or dropped node hands on its input of the wanted type (ComfyUI's bypass)."""
-        same = [n for n, t in node.input_types.items() if t in (want, "*") and n in node.links]
-        before = sum(1 for t in node.output_types[:slot] if t == want)
+        same = ([n for n, t in node.input_types.items() if t == want and n in node.links]
+                or [n for n, t in node.input_types.items() if t == "*" and n in node.links])
+        if node.output_types:  # the UI format types every output
+            before = sum(1 for t in node.output_types[:slot] if t == want)
+        else:  # API format: the n-th output of a type is fed by the n-th input of that type
+            before = slot if slot < len(same) else 0
         if before < len(same):
             return node.links[same[before]]
         how = "bypassed" if node.mode == "bypassed" else "dropped"
@@ -596,6 +600,7 @@ class _Translator:
         if not outputs:
             raise self.fail(None, None, "no SaveImage or PreviewImage node: nothing to import")
         samplers: dict[str, Node] = {}
+        problems: list[str] = []
         for out in outputs:
             try:
                 decode, _ = self.follow(out, "images", "IMAGE")
@@ -610,6 +615,7 @@ class _Translator:
                 if not self.dropped:
                     raise
                 self.note(out, "images", None, f"not imported: {exc.detail}", "warning")
+                problems.append(exc.detail)
                 continue
             self.visited.update({out.id, decode.id})
             self.decode = decode
@@ -618,7 +624,8 @@ class _Translator:
                                            f"KSampler {sampler.id})")
         if not samplers:
             raise self.fail(None, None, "no output shows a KSampler's image once the refused "
-                                        "nodes are dropped: nothing left to import")
+                                        "nodes are dropped: nothing left to import ("
+                                        + "; ".join(problems) + ")")
         if len(samplers) > 1:
             raise self.fail(None, None, f"{len(samplers)} KSampler nodes ({', '.join(samplers)}) "
                                         "make images; zpipe imports one image chain per file: "
