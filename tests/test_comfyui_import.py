@@ -379,3 +379,41 @@ def test_imported_settings_generate_an_image_on_the_tiny_model(zpipe_cache, tmp_
                         settings_path=settings, scale=0.25)
     assert line.startswith("256x256, seed 0")
     assert Image.open(out).size == (256, 256)
+
+
+def test_reroutes_and_an_instance_s_own_widget_values(tmp_path: Path) -> None:
+    data = json.loads(TURBO_UI.read_text())
+    save = next(n for n in data["nodes"] if n["id"] == 9)
+    instance = next(n for n in data["nodes"] if n["id"] == 57)
+    data["nodes"].append({"id": 100, "type": "Reroute", "mode": 0,
+                          "inputs": [{"name": "", "type": "*", "link": 62}],
+                          "outputs": [{"name": "", "type": "IMAGE", "links": [63]}]})
+    data["links"] = [[62, 57, 0, 100, 0, "IMAGE"], [63, 100, 0, 9, 0, "IMAGE"]]
+    save["inputs"][0]["link"] = 63
+    instance["widgets_values"] = ["a red lipstick on marble"]  # older saves: the promoted "text"
+    result = import_workflow(write(tmp_path, data))
+    assert entry(result, "57:27", "text").value == "a red lipstick on marble"
+    assert entry(result, "9", "images").severity == "info"
+
+
+def test_a_bypassed_lora_passes_the_model_through(tmp_path: Path) -> None:
+    data = json.loads(TURBO_UI.read_text())
+    inner = data["definitions"]["subgraphs"][0]
+    inner["nodes"].append({"id": 50, "type": "LoraLoaderModelOnly", "mode": 4,
+                           "inputs": [{"name": "model", "type": "MODEL", "link": 900}],
+                           "outputs": [{"name": "MODEL", "type": "MODEL", "links": [901]}],
+                           "widgets_values": ["style.safetensors", 1.0]})
+    for link in inner["links"]:
+        if link["id"] == 26:  # UNETLoader 28 -> ModelSamplingAuraFlow 11, now via the LoRA
+            link.update(target_id=50)
+    inner["links"] += [{"id": 900, "origin_id": 28, "origin_slot": 0, "target_id": 50,
+                        "target_slot": 0, "type": "MODEL"},
+                       {"id": 901, "origin_id": 50, "origin_slot": 0, "target_id": 11,
+                        "target_slot": 0, "type": "MODEL"}]
+    inner["links"] = [link for link in inner["links"] if link["id"] != 26]
+    shift = next(n for n in inner["nodes"] if n["id"] == 11)
+    shift["inputs"][0]["link"] = 901
+    result = import_workflow(write(tmp_path, data))
+    assert entry(result, "57:50", "mode").value == "bypassed"
+    assert result.brand_loras == []  # bypassed in ComfyUI: not applied there either
+    assert entry(result, "57:28", "unet_name").severity == "info"
