@@ -13,7 +13,7 @@ import hmac
 import logging
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import ModuleType
@@ -150,11 +150,17 @@ def moderate(text: str, policy: ReplyPolicy, lexicon: Lexicon | None = None) -> 
     if hit is not None:
         return cleaned, hit.reason()
     # 3. Prompt injection: orders to the model rather than a comment about something
-    meaningful = len(extract_keywords(cleaned, limit=_MAX_COUNTED, lexicon=lexicon))
-    return cleaned, lexicon.instruction_reason(cleaned, meaningful)
+    return cleaned, lexicon.instruction_reason(cleaned, _count_subjects(cleaned, lexicon))
 
 
-_MAX_COUNTED = 50  # keywords counted to weigh a comment's commands against its content
+def _count_subjects(text: str, lexicon: Lexicon) -> int:
+    """How many different things a comment names: drawable nouns and adjectives, one-character
+    words too (画一只猫 names 猫, which the TF-IDF keywords skip)."""
+    import jieba.posseg
+
+    _analyse, stop = _keyword_tools()
+    return len({pair.word.casefold() for pair in jieba.posseg.cut(text)
+                if pair.flag in _KEYWORD_POS and _drawable(pair.word, stop, lexicon)})
 
 
 @lru_cache(maxsize=1)
@@ -188,6 +194,14 @@ def _drawable(word: str, stop: frozenset[str], lexicon: Lexicon) -> bool:
     if folded in never or " ".join(skeleton_words(word)) in never:  # "draw", "d.r.a.w", "画"
         return False
     return lexicon.find(word) is None  # a blocked word never reaches a prompt, whatever came before
+
+
+def drawable_keywords(keywords: Iterable[str], limit: int = 5, lexicon: Lexicon | None = None) -> list[str]:
+    """The recorded keywords still fit for a prompt, at most `limit` (a ledger record may predate
+    the current lexicon, or have been written by another tool)."""
+    _analyse, stop = _keyword_tools()
+    lexicon = lexicon or load_lexicon()
+    return [word for word in keywords if _drawable(word, stop, lexicon)][:limit]
 
 
 def extract_keywords(text: str, limit: int = 5, lexicon: Lexicon | None = None) -> list[str]:

@@ -36,7 +36,7 @@ LEXICON_NAME = "configs/safety/comment-lexicon.txt"
 INSTRUCTIONS_NAME = "instructions.txt"  # beside the lexicon
 _NOT_CATEGORIES = ("allow", "no-pinyin")
 _INSTRUCTION_SECTIONS = ("override", "targets", "markers", "verbs", "meta")
-OVERRIDE_REACH_WORDS = 4  # "ignore [all of the] rules": a target this close follows an override
+OVERRIDE_REACH_WORDS = 6  # "ignore [all of the previous] instructions": a target this close follows
 OVERRIDE_REACH_CHARS = 8  # the same in Chinese characters: "忽略[掉所有的]规则"
 
 _HAN = regex.compile(r"\p{Han}")
@@ -204,7 +204,10 @@ def read_sections(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
             included = content.removeprefix("@include").strip()
             if not included:
                 raise LexiconError(str(path), f"line {number}", "@include needs a file name", content)
-            terms[current] += load_sensitive_terms(path.parent / included)
+            try:
+                terms[current] += load_sensitive_terms(path.parent / included)
+            except ConfigError as exc:
+                raise LexiconError(str(path), f"line {number}", f"@include: {exc}", included) from None
             continue
         for term in (t.strip() for t in regex.split(r"[,，]", content)):
             if not term:  # a line may end with the comma before the next line's terms

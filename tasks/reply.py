@@ -1,7 +1,8 @@
 """Comment replies: a ledger record -> one image job from the brand's reply template.
 
 The comment's words reach the prompt only as keywords passed to the sandboxed template as
-data; they are never template code.
+data; they are never template code, and never instructions or lexicon terms (filtered again
+here, whatever the ledger record says).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.comments import CommentLedger, CommentState
+from tasks.comments import CommentLedger, CommentState, drawable_keywords
 from tasks.config import WEEKDAYS, BrandConfig, EngineSettings, load_library
 from tasks.plan import TURBO_STEPS, ImageJob, _content_id, model_identity
 from tasks.prompts import render_prompt
@@ -34,7 +35,8 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
     variables = {
         "brand": {"name": brand.name, "style_zh": brand.style.zh, "style_en": brand.style.en,
                   "palette": list(brand.colours.values())},
-        "comment": {"keywords": list(comment.keywords)},
+        # the intake already filtered them; filter again: a record may predate the lexicon
+        "comment": {"keywords": drawable_keywords(comment.keywords)},
         "format": policy.format,
     }
     prompt = render_prompt(template, variables, policy.language)
