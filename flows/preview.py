@@ -1,7 +1,8 @@
 """`zpipe prompts preview`: every prompt a campaign week would generate, without generating.
 
 No model, no Prefect run, no network: trends come only from sources that are local files
-(or none with --no-trends). Registered on the main CLI with
+(or none with --no-trends), ranked and filtered for the brand as a run does (safety, brand
+fit; no reuse history), and each dropped trend is listed with its reason. Registered on the main CLI with
 `app.add_typer(prompts_app, name="prompts")`.
 """
 
@@ -34,6 +35,7 @@ def preview_week(campaign: Path, week: str | None, trends: bool = True,
     from tasks.approval import PENDING
     from tasks.config import load_campaign, load_settings, parse_week
     from tasks.plan import brand_fingerprint, plan_week_slots
+    from tasks.ranking import load_sensitive_terms, rank_trends, source_weights
     from tasks.trends import ingest
 
     # 1. Campaign, week and settings (keys depend on the engine's model and sizes)
@@ -44,21 +46,33 @@ def preview_week(campaign: Path, week: str | None, trends: bool = True,
         settings = Path("configs/settings.yaml")
     config = load_settings(settings)
 
-    # 2. Trends from local files only: a preview never touches the network
+    # 2. Trends from local files only (a preview never touches the network), ranked and
+    #    filtered for the brand as a run does: one per day, the dropped ones with their reason
     sources = bundle.campaign.trends.sources if trends else []
     local = [s for s in sources if not s.is_http]
     report = ingest(local) if local else None
-    found = report.trends if report else []
+    found, dropped, note = [], [], None if trends else "trends ignored (--no-trends)"
+    if report is not None:
+        terms_path = bundle.campaign.trends.sensitive_terms
+        ranked = rank_trends(report, bundle.brand.safety,
+                             sensitive_terms=load_sensitive_terms(terms_path) if terms_path else [],
+                             now=now, weights=source_weights(local))
+        found = ranked.trends[:len(bundle.campaign.days)]
+        dropped = [{"title": d.trend.title, "rule": d.rule, "reason": d.reason} for d in ranked.dropped]
+        if not found and dropped:
+            note = (f"none of the week's {len(dropped)} trends fits the brand (e.g. "
+                    f"{dropped[0]['title']}: {dropped[0]['reason']}): the day follows its own theme")
 
     # 3. Plan exactly as a run would
     gated = bundle.campaign.approval == "required"
     plan = plan_week_slots(bundle, week_label, monday, found, config.engine, brand_fingerprint(bundle),
-                           PENDING if gated else "")
+                           PENDING if gated else "", note)
     images = [{
         "day": job.weekday, "date": job.date.isoformat(), "format": job.format,
         "variant": job.variant, "template": job.prompt.template, "version": job.prompt.version,
         "festivals": job.festivals, "rules": job.rules, "variant_axes": job.variant_axes,
         "copy": job.copy_text, "headline_overlay": job.overlay_lines, "trend": job.trend,
+        "trend_note": job.trend_note,
         "seed": job.seed, "size": [job.width, job.height], "key": job.key,
         "prompt": job.prompt.text,
     } for job in plan.jobs]
@@ -67,7 +81,8 @@ def preview_week(campaign: Path, week: str | None, trends: bool = True,
     return {
         "campaign": bundle.campaign.name, "week": week_label, "monday": monday.isoformat(),
         "language": bundle.campaign.language,
-        "trends": {"used": len(found), "remote_sources_skipped": len(sources) - len(local),
+        "trends": {"used": len(found), "found": len(report.trends) if report else 0,
+                   "dropped": dropped, "remote_sources_skipped": len(sources) - len(local),
                    "failures": [f"{f.source}: {f.reason}" for f in report.failures] if report else []},
         "images": images, "skipped": skipped,
     }
@@ -120,7 +135,12 @@ def preview(
         console.print(f"skipped: {row['day']} {row['date']} {row['format']} v{row['variant']} "
                       f"(rule {row['rules'][-1]})", highlight=False)
     trends = result["trends"]
-    note = f"{trends['used']} trends from local files"
+    for row in trends["dropped"]:
+        err.print(f"trend dropped: {row['title']} ({row['reason']})", highlight=False)
+    notes = list(dict.fromkeys(row["trend_note"] for row in result["images"] if row["trend_note"]))
+    for line in notes:
+        err.print(f"no trend: {line}", highlight=False)
+    note = f"{trends['used']} of {trends['found']} trends from local files used"
     if trends["remote_sources_skipped"]:
         note += f"; {trends['remote_sources_skipped']} remote sources not fetched in a preview"
     err.print(note, highlight=False)

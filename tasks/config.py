@@ -23,6 +23,7 @@ from tasks.overlay import HeadlineStyle
 from tasks.prompts import BilingualText, PromptLibrary, PromptTemplate
 from tasks.qa.settings import QASettings
 from tasks.ranking import SafetyPolicy
+from tasks.relevance import BrandFit, BrandTopics, TopicCategory
 from tasks.rules import Rule
 from tasks.trends import SourceFile, TrendSource, load_source
 from tasks.watermark import LabelSpec, LogoSpec, OutputSpec, check_logo
@@ -124,6 +125,9 @@ class BrandConfig(Strict):
     replies: ReplyPolicy = Field(default_factory=ReplyPolicy)
     safety: SafetyPolicy = Field(default_factory=SafetyPolicy,
                                  description="trends with these terms or topics are never used")
+    topics: BrandTopics | None = Field(
+        default=None, description="brand fit: only trends about these topics are used "
+                                  "(tasks/relevance.py); none: every safe trend")
     loras: list[LoraRef] = Field(default_factory=list, description="brand-style LoRA adapters")
     fragments: dict[str, BilingualText] = Field(
         default_factory=dict, description="named {zh, en} style snippets: brand.fragments.<name>")
@@ -131,6 +135,14 @@ class BrandConfig(Strict):
         default_factory=dict, description="table -> code -> {zh, en}, e.g. colours.R01")
     headline: HeadlineStyle = Field(default_factory=HeadlineStyle,
                                     description="how headline overlays are typeset")
+
+    @field_validator("safety", mode="before")
+    @classmethod
+    def _fit_comes_from_topics(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "fit" in value:
+            raise ValueError("`safety.fit` is filled by the loader from the brand's `topics:`; "
+                             "declare `topics:` (categories, keywords, deny, threshold) instead")
+        return value
 
     @field_validator("fragments")
     @classmethod
@@ -361,6 +373,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "prompts": PromptLibrary,
     "settings": Settings,
     "source": SourceFile,  # configs/sources/*.yaml: one trend source (tasks.trends.load_source)
+    "topic": TopicCategory,  # configs/topics/*.yaml: one brand-fit category (tasks.relevance)
 }
 
 
@@ -687,7 +700,35 @@ def load_brand(path: str | Path) -> BrandConfig:
         raise ConfigError(str(path), "replies.prompts", "prompt library not found",
                           brand.replies.prompts)
     replies = brand.replies.model_copy(update={"prompts": str(prompts_path)})
-    return brand.model_copy(update={"replies": replies})
+    brand = brand.model_copy(update={"replies": replies})
+    if brand.topics is not None:
+        fit = resolve_topics(path, brand.topics)
+        brand = brand.model_copy(update={"safety": brand.safety.model_copy(update={"fit": fit})})
+    return brand
+
+
+def resolve_topics(path: Path, topics: BrandTopics) -> BrandFit:
+    """A brand's `topics:` with its categories read from the topic library (`topics.library`)."""
+    library = _resolve(path.parent, topics.library)
+    if not library.is_dir():
+        raise ConfigError(str(path), "topics.library", "topic library directory not found",
+                          topics.library)
+    known = sorted(p.stem for p in library.glob("*.yaml"))
+    lexicon: dict[str, TopicCategory] = {}
+    for name in topics.category_names():
+        file = library / f"{name}.yaml"
+        if not file.is_file():
+            if name in topics.categories:
+                raise ConfigError(str(path), f"topics.categories.{name}",
+                                  f"no category file {file}; known: {', '.join(known) or 'none'}",
+                                  name)
+            continue  # a deny entry that is no category is a plain word
+        category = parse_config(file, read_yaml(file), expect="topic")
+        assert isinstance(category, TopicCategory)
+        if category.name != name:
+            raise ConfigError(str(file), "name", f"must be the file's name {name!r}", category.name)
+        lexicon[name] = category
+    return BrandFit.resolve(topics, lexicon)
 
 
 def find_brand(brands_dir: str | Path, slug: str) -> BrandConfig:

@@ -6,7 +6,9 @@ the labels, so the same week planned again gives the same keys, and a rerun find
 images already in the store.
 
 Per slot (day x format x variant), in order:
-1. the day's festivals (tasks.calendar) and trend;
+1. the day's festivals (tasks.calendar) and trend (the trends given cycle over the days; with
+   none, e.g. when no trend fitted the brand, the day follows its own theme and `trend_note`
+   says why);
 2. the campaign's rules (tasks.rules): template switch, prompt additions, copy, or skip;
 3. the variant's axis values (`variants.axes`, cycling) and the copy (rule > axis > day);
 4. the template rendered with all of it; with `headline_overlay` the copy is typeset later
@@ -79,6 +81,7 @@ class ImageJob(BaseModel):
     copy_text: dict[str, str] | None = None  # the image's copy {zh, en}, as cleaned
     overlay_lines: list[str] = Field(default_factory=list)  # typeset by tasks.overlay
     loras: list[tuple[str, float]] = Field(default_factory=list)  # brand style: (path, weight)
+    trend_note: str | None = None  # why the image has no trend (it follows the day's theme)
 
     @property
     def sidecar_key(self) -> str:
@@ -129,9 +132,20 @@ def plan_week(
     engine: EngineSettings,
     brand_fingerprint: str,
     key_prefix: str = "",
+    trend_note: str | None = None,
 ) -> list[ImageJob]:
     """Render every prompt of the week and fix each image's seed, size and key."""
-    return plan_week_slots(bundle, week, monday, trends, engine, brand_fingerprint, key_prefix).jobs
+    return plan_week_slots(bundle, week, monday, trends, engine, brand_fingerprint, key_prefix,
+                           trend_note).jobs
+
+
+def no_trend_note(brand: BrandConfig) -> str:
+    """Why a day has no trend when the caller gave none and said nothing more."""
+    fit = brand.safety.fit
+    if fit is None:
+        return "no trend this week: the day follows its own theme"
+    return (f"no trend this week fits the brand's topics (relevance threshold {fit.threshold:.2f}), "
+            "or none was found: the day follows its own theme")
 
 
 def brand_variables(brand: BrandConfig) -> dict[str, Any]:
@@ -168,8 +182,13 @@ def plan_week_slots(
     engine: EngineSettings,
     brand_fingerprint: str,
     key_prefix: str = "",
+    trend_note: str | None = None,
 ) -> WeekPlan:
-    """Plan the week: one job per day x format x variant that no rule skipped."""
+    """Plan the week: one job per day x format x variant that no rule skipped.
+
+    `trend_note` says why there is no trend (e.g. the ranking's reasons); without trends and
+    without a note, `no_trend_note` is recorded on every job.
+    """
     campaign, brand, library = bundle.campaign, bundle.brand, bundle.library
     model_id, revision = model_identity(engine)
     languages = ("zh", "en") if campaign.language == "bilingual" else (campaign.language,)
@@ -184,6 +203,7 @@ def plan_week_slots(
         day = monday + timedelta(days=index)
         festivals = festivals_on(day)
         trend = trends[index % len(trends)] if trends else None
+        note = None if trend is not None else (trend_note or no_trend_note(brand))
         for fmt in campaign.formats:
             width, height = size_for(fmt, engine.preview_scale)
             for variant in range(1, campaign.variants.count + 1):
@@ -243,7 +263,7 @@ def plan_week_slots(
                     festivals=variables["festivals"], rules=outcome.fired,
                     variant_axes={name: value.model_dump() for name, value in axes.items()},
                     copy_text=copy, overlay_lines=overlay,
-                    loras=[(lora.path, lora.weight) for lora in brand.loras],
+                    loras=[(lora.path, lora.weight) for lora in brand.loras], trend_note=note,
                 ))
     return plan
 
@@ -257,7 +277,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
     """
     brand = bundle.brand
     exclude: dict[str, Any] = {"logo": True, "fragments": True, "mappings": True, "headline": True,
-                               "replies": True, "label": {"font"}, "safety": True, "loras": True}
+                               "replies": True, "label": {"font"}, "safety": True, "loras": True,
+                               "topics": True}  # trend choice acts through the prompt
     digest = hashlib.sha256(brand.model_dump_json(exclude=exclude).encode())
     for lora in brand.loras:  # adapters change the pixels: their bytes and weights count
         digest.update(f"lora:{lora.weight}".encode())
@@ -277,7 +298,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
 @task(name="plan-week", cache_policy=NO_CACHE)
 def plan_week_task(
     bundle: CampaignBundle, week: str, monday: date, trends: list[Trend], engine: EngineSettings,
-    key_prefix: str = "",
+    key_prefix: str = "", trend_note: str | None = None,
 ) -> list[ImageJob]:
     """Render the week's prompts into image jobs (templating stage)."""
-    return plan_week(bundle, week, monday, trends, engine, brand_fingerprint(bundle), key_prefix)
+    return plan_week(bundle, week, monday, trends, engine, brand_fingerprint(bundle), key_prefix,
+                     trend_note)

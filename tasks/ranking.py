@@ -1,5 +1,5 @@
-"""Rank ingested trends: merge near-duplicates across sources, score, filter for brand safety,
-and skip what a brand used recently.
+"""Rank ingested trends: merge near-duplicates across sources, score, filter for brand safety
+and brand fit (tasks.relevance), and skip what a brand used recently.
 
     report = ingest(sources)                                   # tasks.trends
     ranked = rank_trends(report, brand.safety, history.recent_keys(brand.slug, 14, now),
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,18 +27,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rapidfuzz import fuzz
 
 from tasks.errors import ConfigError, StoreError
+from tasks.relevance import LATIN_WORD as _LATIN_WORD
+from tasks.relevance import BrandFit, fit_reason
+from tasks.relevance import has_cjk as _has_cjk
+from tasks.relevance import score as relevance_score
+from tasks.relevance import words as _words
 from tasks.trends import SourceFailure, SourceNote, Trend, TrendReport, TrendSource, trend_key
 
 if TYPE_CHECKING:
     from tasks.storage import ObjectStore
 
-# Characters that make a title "CJK": compared character by character, not word by word.
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]")
 # Numbers in a title (Arabic after NFKC, or Chinese numerals): "双十一" and "双十二" differ only
 # here, and so do "iPhone 16" and "iPhone 17"; titles whose numbers differ never merge.
 _NUMBERS = re.compile(r"[0-9]+(?:\.[0-9]+)?|[〇零一二三四五六七八九十百千万亿两]+")
-# Letters and digits that end a Latin word: a Latin term matches whole words only.
-_LATIN_WORD = "0-9a-z\u00c0-\u024f"
 
 
 class RankingConfig(BaseModel):
@@ -72,20 +72,6 @@ class RankingConfig(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # Near-duplicates
-
-
-def _words(title: str) -> str:
-    """NFKC, casefolded, every run of non-word characters (and '_') a single space.
-
-    Invisible format characters (zero-width space or joiner, bidi controls) are dropped
-    first: "b\u200bomb" is the word "bomb", not "b omb", so it cannot slip past a blocklist.
-    """
-    visible = "".join(ch for ch in title if unicodedata.category(ch) not in ("Cf", "Cs", "Co"))
-    return " ".join(re.split(r"[\W_]+", unicodedata.normalize("NFKC", visible).casefold())).strip()
-
-
-def _has_cjk(text: str) -> bool:
-    return _CJK.search(text) is not None
 
 
 def similarity(a: str, b: str) -> float:
@@ -133,13 +119,19 @@ def cluster_trends(trends: Sequence[Trend], config: RankingConfig | None = None)
 
 class SafetyPolicy(BaseModel):
     """A brand's trend filter. Terms match titles and tags, ignoring case, width, spaces and
-    punctuation; Latin terms match whole words, and a trailing '*' matches a word's start."""
+    punctuation; Latin terms match whole words, and a trailing '*' matches a word's start.
+
+    `fit` is the brand's `topics:` resolved by the brand loader (tasks.config.load_brand): with
+    it, only trends about the brand pass (tasks.relevance); without it, every safe trend does.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     blocklist: list[str] = Field(default_factory=list, description="terms the brand never touches")
     deny_topics: list[str] = Field(default_factory=list,
                                    description="topics the brand stays out of (matched in tags too)")
+    fit: BrandFit | None = Field(default=None,
+                                 description="brand fit, filled from the brand's `topics:` by the loader")
 
     @field_validator("blocklist", "deny_topics")
     @classmethod
@@ -248,6 +240,8 @@ class ScoredTrend(BaseModel):
     variants: list[str] = Field(default_factory=list, description="other titles merged into it")
     keys: list[str] = Field(description="normalized keys of every merged title (for history)")
     parts: ScoreParts
+    relevance: float | None = Field(default=None, description="brand fit 0-1 (None: no topics)")
+    matched: list[str] = Field(default_factory=list, description="brand words found, e.g. '拿铁 (coffee)'")
 
     @property
     def title(self) -> str:
@@ -255,13 +249,13 @@ class ScoredTrend(BaseModel):
 
 
 class DroppedTrend(BaseModel):
-    """A trend left out, and why (which term, or which recent use)."""
+    """A trend left out, and why (which term, which deny topic or relevance, or which recent use)."""
 
     model_config = ConfigDict(extra="forbid")
 
     trend: Trend
     reason: str
-    rule: Literal["blocklist", "deny_topic", "sensitive", "history"]
+    rule: Literal["blocklist", "deny_topic", "sensitive", "relevance", "history"]
 
 
 class RankedTrends(BaseModel):
@@ -344,7 +338,7 @@ def rank_trends(
     weights: Mapping[str, float] | None = None,
     limit: int | None = None,
 ) -> RankedTrends:
-    """Merge near-duplicates, drop unsafe and recently used topics, score and sort the rest.
+    """Merge near-duplicates, drop unsafe, off-brand and recently used topics, score and sort the rest.
 
     Order: score desc, then normalized title, source and position, so it is deterministic.
     """
@@ -353,6 +347,7 @@ def rank_trends(
     weights = weights or {}
     trends = list(report.trends if isinstance(report, TrendReport) else report)
     terms = _terms(policy, sensitive_terms)
+    fit = policy.fit if policy is not None else None
     history = sorted(set(history_keys))  # sorted: the same history key is named every time
 
     # 1. Merge near-duplicates (across sources and within one)
@@ -373,17 +368,28 @@ def rank_trends(
             dropped.append(DroppedTrend(trend=merged, rule=unsafe[0], reason=unsafe[1]))
             continue
 
-        # 3. Not again within the history window
+        # 3. Brand fit: no deny topic, and relevant enough (every title and tag of the topic)
+        relevance = None
+        if fit is not None:
+            off_brand = fit_reason(titles, merged.tags, fit)
+            if off_brand is not None:
+                dropped.append(DroppedTrend(trend=merged, rule=off_brand[0], reason=off_brand[1]))
+                continue
+            relevance = relevance_score(titles, merged.tags, fit)
+
+        # 4. Not again within the history window
         used = _recently_used(keys, history, config)
         if used is not None:
             reason = f"used recently for this brand (history has {used!r})"
             dropped.append(DroppedTrend(trend=merged, rule="history", reason=reason))
             continue
 
-        # 4. Score
+        # 5. Score
         score, parts = _score(cluster, merged, max_log_heat, now, config, weights)
         kept.append(ScoredTrend(trend=merged, score=score, sources=merged.sources,
-                                variants=titles[1:], keys=keys, parts=parts))
+                                variants=titles[1:], keys=keys, parts=parts,
+                                relevance=relevance.score if relevance else None,
+                                matched=relevance.matched if relevance else []))
 
     kept.sort(key=lambda s: (-s.score, s.trend.key, s.trend.source, s.trend.rank))
     report_failures = report.failures if isinstance(report, TrendReport) else []
