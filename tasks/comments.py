@@ -196,12 +196,28 @@ def _drawable(word: str, stop: frozenset[str], lexicon: Lexicon) -> bool:
     return lexicon.find(word) is None  # a blocked word never reaches a prompt, whatever came before
 
 
+# How templates join keywords: "a, b" (English), "a、b" (Chinese); a plain space for good measure
+_KEYWORD_JOINS = (", ", "、", " ")
+
+
+def _joins_cleanly(kept: list[str], word: str, lexicon: Lexicon) -> bool:
+    """True when `word` after `kept` forms no lexicon term across keywords, joined as templates
+    join them: "school" and "shooting" are harmless alone, not side by side."""
+    return not kept or all(lexicon.find(join.join([*kept, word])) is None for join in _KEYWORD_JOINS)
+
+
 def drawable_keywords(keywords: Iterable[str], limit: int = 5, lexicon: Lexicon | None = None) -> list[str]:
     """The recorded keywords still fit for a prompt, at most `limit` (a ledger record may predate
     the current lexicon, or have been written by another tool)."""
     _analyse, stop = _keyword_tools()
     lexicon = lexicon or load_lexicon()
-    return [word for word in keywords if _drawable(word, stop, lexicon)][:limit]
+    kept: list[str] = []
+    for word in keywords:
+        if len(kept) == limit:
+            break
+        if _drawable(word, stop, lexicon) and _joins_cleanly(kept, word, lexicon):
+            kept.append(word)
+    return kept
 
 
 def extract_keywords(text: str, limit: int = 5, lexicon: Lexicon | None = None) -> list[str]:
@@ -218,7 +234,8 @@ def extract_keywords(text: str, limit: int = 5, lexicon: Lexicon | None = None) 
     seen: set[str] = set()
     for word in analyse.extract_tags(text, topK=None, allowPOS=_KEYWORD_POS):  # TF-IDF ranking
         folded = word.casefold()
-        if folded in seen or not _drawable(word, stop, lexicon):
+        if (folded in seen or not _drawable(word, stop, lexicon)
+                or not _joins_cleanly(keywords, word, lexicon)):
             continue
         seen.add(folded)
         keywords.append(word)

@@ -157,6 +157,15 @@ def test_keywords_are_capped_in_number_and_length():
     assert len(keywords) == 5 and all(len(k) <= 32 for k in keywords)
 
 
+def test_keywords_that_form_a_term_side_by_side_are_not_both_kept(lexicon):
+    # "school" and "shooting" are ordinary words; joined in a prompt they are a blocked term
+    for text in ("school shooting poster", "luo ti nv ren", "xi jinping latte art"):
+        keywords = extract_keywords(text)
+        for join in (", ", "、", " "):
+            assert lexicon.find(join.join(keywords)) is None, (text, keywords)
+    assert drawable_keywords(["school", "shooting", "latte"]) == ["school", "latte"]
+
+
 def test_recorded_keywords_are_filtered_again():
     # a ledger record written before the lexicon (or by hand) cannot smuggle terms into a prompt
     stale = ["nude", "draw", "latte", "n00d", "裸体", "咖啡", "ignore", "x", "1234"]
