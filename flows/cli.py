@@ -170,8 +170,8 @@ def _print_summary(summary, started: float, note: str = "") -> None:  # a Campai
     store = open_store(summary.store)
     if summary.contact_sheet:  # a local path opens in a browser; S3 gets a week-long link
         console.print(f"Look at them: {store.url(summary.contact_sheet, expires_s=7 * 24 * 3600)}",
-                      highlight=False)
-    console.print(f"Store: {store.describe()}", highlight=False)
+                      highlight=False, soft_wrap=True)  # a URL must stay one line to be clicked
+    console.print(f"Store: {store.describe()}", highlight=False, soft_wrap=True)
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
     if PREFECT_API_URL.value() and PREFECT_UI_URL.value():  # none for the temporary local API
