@@ -104,6 +104,8 @@ def preview(
 ) -> None:
     """List every prompt a campaign week would generate (day, format, variant, template, prompt)."""
     err = Console(stderr=True)
+    if not err.is_terminal:
+        err = Console(stderr=True, width=200)  # piped: one line per dropped trend
     try:
         result = preview_week(campaign, week, trends=not no_trends, settings=settings)
     except ZpipeError as exc:
