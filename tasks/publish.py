@@ -212,6 +212,7 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
         "language": job.prompt.language,
         "template": {"name": job.prompt.template, "version": job.prompt.version},
         "trend": job.trend,
+        "trend_note": job.trend_note,  # why the day has no trend (brand fit), if it has none
         "festivals": job.festivals,
         "rules": job.rules,
         "variant_axes": job.variant_axes,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from flows.preview import preview_week, prompts_app
 from tasks.config import load_campaign, load_settings
 from tasks.plan import brand_fingerprint, plan_week
+from tasks.ranking import load_sensitive_terms, rank_trends, source_weights
 from tasks.trends import ingest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +69,22 @@ def test_variants_show_their_axes() -> None:
 
 
 def test_preview_matches_what_a_run_would_plan() -> None:
-    """Local trend files are read; keys and prompts equal the planner's."""
+    """Local trend files are read, ranked and fitted to the brand as a run does (one per day);
+    keys and prompts equal the planner's."""
     settings = REPO / "configs/settings.yaml"
-    data = preview_week(WEEKLY, "2026-W48", settings=settings)
+    now = datetime(2026, 11, 23, 9, tzinfo=ZoneInfo("Asia/Shanghai"))
+    data = preview_week(WEEKLY, "2026-W48", settings=settings, today=now)
     bundle = load_campaign(WEEKLY)
-    report = ingest(bundle.campaign.trends.sources)
-    jobs = plan_week(bundle, "2026-W48", date(2026, 11, 23), report.trends,
+    sources = bundle.campaign.trends.sources
+    report = ingest(sources)
+    ranked = rank_trends(report, bundle.brand.safety, now=now, weights=source_weights(sources),
+                         sensitive_terms=load_sensitive_terms(bundle.campaign.trends.sensitive_terms))
+    trends = ranked.trends[:len(bundle.campaign.days)]
+    jobs = plan_week(bundle, "2026-W48", date(2026, 11, 23), trends,
                      load_settings(settings).engine, brand_fingerprint(bundle))
-    assert data["trends"]["used"] == len(report.trends) > 0
+    assert data["trends"]["used"] == len(trends) > 0
+    assert data["trends"]["found"] == len(report.trends)
+    assert len(data["trends"]["dropped"]) == len(ranked.dropped) > 0
     assert [r["key"] for r in data["images"]] == [j.key for j in jobs]
     assert [r["prompt"] for r in data["images"]] == [j.prompt.text for j in jobs]
 
