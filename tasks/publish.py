@@ -277,7 +277,7 @@ def qa_subject(job: ImageJob, result: GenerationResult, labelled: LabelledImage,
         label_box=labelled.placement.text_bbox, draw_text=dict(job.prompt.draw_text),
         overlay_lines=list(zip(overlay.lines, overlay.line_boxes, strict=True)) if overlay else [],
         brand_colours=dict(brand.colours),
-        model_draws_text=result.model_id != TINY_MODEL_ID)  # random weights draw noise, not text
+        model_draws_text=TINY_MODEL_ID not in (job.model_id, result.model_id))  # random weights: noise
 
 
 def fallback_brand(brand: BrandConfig) -> BrandConfig:

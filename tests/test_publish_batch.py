@@ -65,7 +65,11 @@ def test_a_batch_is_published_whole_and_leaves_the_spool_empty(batch, tmp_path):
     outcome = publish_batch(store, jobs, results, brand, spool, patience_s=0)
     assert [p.key for p in outcome.published] == [job.key for job in jobs]
     assert all(p.created for p in outcome.published) and outcome.failed == []
-    check_campaign_objects(store, len(jobs))  # image + sidecar each, labels readable
+    assert outcome.held == [] and outcome.retry == []
+    sidecars = check_campaign_objects(store, len(jobs))  # image + sidecar each, labels readable
+    # the QA gate ran on every image (these previews are too small to read: OCR checks skipped)
+    assert all(s["qa"]["decision"] == "publish" and s["qa"]["checks"]["nsfw"]["verdict"] == "pass"
+               for s in sidecars)
     assert spool.committed() == []
     again = publish_batch(store, jobs, results, brand, spool, patience_s=0)  # same keys again
     assert [p.created for p in again.published] == [False] * len(jobs)
