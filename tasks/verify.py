@@ -7,7 +7,9 @@ a flow, a test) hands over the bytes, and optionally the image's sidecar and a s
 - **explicit** — the visible label, measured where the sidecar recorded it, else where the
   brand's `label:` spec puts it (the same geometry `apply_label` computes for this image
   size): the plate lies inside the image at its corner, the text's ink is at least 5% of the
-  shorter side tall, and text and plate differ by a WCAG contrast ratio of at least 4.5:1.
+  shorter side tall, and text and plate differ by a WCAG contrast ratio of at least 4.5:1;
+  then OCR reads it back as a platform would, at full size and after a 50% downscale + JPEG
+  q70 (`tasks.qa.read_label`, the very reading the QA gate does before publishing).
 - **implicit** — the XMP `TC260:AIGC` JSON (the seven GB 45438 keys, `Label` "1", the brand's
   producer) and IPTC `DigitalSourceType` trainedAlgorithmicMedia.
 - **watermark** — the invisible mark's content id (`tasks.invisible.detect`), and the object
@@ -92,13 +94,18 @@ class ExplicitCheck(Check):
     min_required_px: int = 0  # ceil(5% of the shorter side)
     contrast_ratio: float | None = None  # WCAG, text vs the plate under it
     text_match: float | None = None  # overlap with the expected rendering (None: not rendered)
+    readback: list[dict[str, Any]] | None = None  # OCR: full size, repost copy (tasks.qa.read_label)
 
     def summary(self) -> str:
         if self.text_height_px is None:
             return self.messages[0] if self.messages else "not found"
         contrast = f"{self.contrast_ratio:.1f}:1" if self.contrast_ratio else "?"
+        read = ""
+        if self.readback:
+            read = ", OCR " + " / ".join(f"{r['copy_name']} {'✓' if r['passed'] else '✗'} {r['read']!r}"
+                                         for r in self.readback)
         return (f"{self.text!r} at {self.position}: text {self.text_height_px} px (needs "
-                f">= {self.min_required_px} px, 5%), contrast {contrast} [{self.source}]")
+                f">= {self.min_required_px} px, 5%), contrast {contrast}{read} [{self.source}]")
 
 
 class ImplicitCheck(Check):
@@ -286,9 +293,11 @@ def check_explicit(image: Image.Image, spec: LabelSpec, recorded: dict[str, Any]
                                  messages=[f"cannot compute where the label goes: {exc}"])
     assert expected is not None
 
-    # 2. Measure there
+    # 2. Measure there, then read it back as a platform would
     result = _measure(rgb, expected, text_up, min_px, spec, short)
     result.source = source
+    if result.status == "pass":
+        _read_back(image, expected, result)
     if result.status == "pass" or recorded:
         return result
 
@@ -302,6 +311,26 @@ def check_explicit(image: Image.Image, spec: LabelSpec, recorded: dict[str, Any]
                                       f"puts it at {spec.position}")
             break
     return result
+
+
+def _read_back(image: Image.Image, expected: _Expected, check: ExplicitCheck) -> None:
+    """OCR the label at full size and in a repost copy (the QA gate's reading); fail if unread."""
+    from tasks.qa import read_label
+    from tasks.qa.settings import QASettings
+
+    settings = QASettings()  # the gate's default thresholds and repost copy
+    readings = read_label(image, expected.text_bbox, expected.text, settings.max_cer,
+                          settings.label.downscale, settings.label.jpeg_quality)
+    check.readback = [reading.model_dump() for reading in readings]
+    for reading in readings:
+        if not reading.passed:
+            worst = max(reading.segments, key=lambda s: s.cer - s.threshold)
+            check.messages.append(
+                f"OCR cannot read the label in the {reading.copy_name} copy (scale {reading.scale:g}"
+                + (f", JPEG q{reading.jpeg_quality}" if reading.jpeg_quality else "")
+                + f"): read {reading.read!r}, CER {worst.cer:.2f} on {worst.text!r} > "
+                  f"{worst.threshold:.2f}")
+            check.status = "fail"
 
 
 def _from_sidecar(recorded: dict[str, Any]) -> _Expected:

@@ -312,3 +312,18 @@ def test_an_injected_nsfw_result_holds_the_image() -> None:
     harmless = inspect(_subject(), QASettings(), detector=Injected(
         Detection(label="FACE_FEMALE", score=0.99, box=(5, 6, 7, 8))))
     assert harmless.decision == "publish"
+
+
+def test_zpipe_verify_reads_the_label_with_the_gates_own_reading() -> None:
+    import io
+
+    from tasks.verify import verify_bytes
+
+    image, placement = apply_label(_background((720, 1280)), LabelSpec())
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    report = verify_bytes(buffer.getvalue(), brand=None, store=None, trust_anchors=None,
+                          require_watermark=False)
+    same = read_label(image, placement.text_bbox, placement.text, MaxCer())
+    assert report.explicit.readback == [r.model_dump() for r in same]
+    assert report.explicit.status == "pass" and "OCR full ✓" in report.explicit.summary()
