@@ -139,6 +139,26 @@ def repost_copy(image: Image.Image, scale: float, jpeg_quality: int) -> Image.Im
         return decoded.convert("RGB")
 
 
+def _repost_region(image: Image.Image, box: Box, scale: float, quality: int) -> tuple[Image.Image, Box]:
+    """The repost copy of the neighbourhood of `box` only, and `box` in it.
+
+    Same pixels as `repost_copy` of the whole image there: the crop keeps a margin wider than
+    the resampling filter and starts on the full copy's JPEG grid (16 px MCUs at `scale`), so
+    only a few percent of the image is resized and encoded (the label is all that is read).
+    """
+    grid = max(1, round(16 / scale))  # input pixels per MCU of the downscaled copy
+    margin = 4 * grid
+    x0, y0 = (max(0, v - margin) // grid * grid for v in box[:2])
+    x1, y1 = min(image.width, box[2] + margin), min(image.height, box[3] + margin)
+    if x1 < image.width:  # end on the grid too, so the crop's scale is exactly `scale`
+        x1 = min(image.width, -(-x1 // grid) * grid)
+    if y1 < image.height:
+        y1 = min(image.height, -(-y1 // grid) * grid)
+    region = repost_copy(image.crop((x0, y0, x1, y1)), scale, quality)
+    return region, (round((box[0] - x0) * scale), round((box[1] - y0) * scale),
+                    round((box[2] - x0) * scale), round((box[3] - y0) * scale))
+
+
 # --- The explicit label --------------------------------------------------------------------
 
 
@@ -179,9 +199,11 @@ def read_label(image: Image.Image, text_bbox: Box, label_text: str, max_cer: Max
     """
     readings = []
     for name, scale, quality in (("full", 1.0, None), ("repost", downscale, jpeg_quality)):
-        copy = image if quality is None else repost_copy(image, scale, quality)
-        box = tuple(round(v * scale) for v in text_bbox)
-        line = read_box(copy, box, threads)  # type: ignore[arg-type]
+        if quality is None:
+            copy, box = image, text_bbox
+        else:
+            copy, box = _repost_region(image, text_bbox, scale, quality)
+        line = read_box(copy, box, threads)
         segments = [SegmentReading(text=segment, cer=round(cer(segment, [line.text]), 4),
                                    threshold=max_cer.for_text(segment))
                     for segment in SEGMENT_SPLIT.split(label_text.strip()) if normalize(segment)]
