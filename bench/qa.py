@@ -125,6 +125,7 @@ def part2() -> None:
     from tasks.config import EngineSettings
 
     stand_in = StandInEngine()
+    stand_in.loaded = True  # already resident: the generate stage checks this before a batch
     generate.get_engine = lambda settings: stand_in
     original = publish.publish_batch
     publish.publish_batch = lambda *a, **k: original(*a, **{**k, "qa": QASettings(min_side_px=512)})
