@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +39,7 @@ from tasks.comments import (
     CommentState,
     SignatureError,
     State,
+    content_fingerprint,
     extract_keywords,
     moderate,
     sign,
@@ -68,6 +71,9 @@ REPLAY_CACHE_SIZE = 100_000
 # own idle limits (httpx 5 s, AWS ALB 60 s), so the server never closes a connection that a
 # client is just reusing (the client would see a reset, not an answer). uvicorn's default: 5 s.
 KEEP_ALIVE_S = 65  # signatures remembered: ~170 signed requests/s over a 10-minute window
+MAX_JSON_DEPTH = 8  # a comment is one flat object of strings; deeper input only tests the parser
+MAX_NUMBER_CHARS = 64  # a comment has no numbers at all; a longer one is out of every range
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # brackets inside don't nest
 
 SIGNATURE_DOC = f"""
 Every request is signed with the secret shared with the intake (`{SECRET_ENV}`):
@@ -76,15 +82,20 @@ Every request is signed with the secret shared with the intake (`{SECRET_ENV}`):
 * `{SIGNATURE_HEADER}`: `sha256=` + hex HMAC-SHA256(secret, `"<timestamp>." + raw body bytes`).
 
 A timestamp more than the tolerance (300 s by default) in the past or future is refused, and
-so is a signature already seen (a replay): re-sign every request. Re-sending a comment id with
+so is a signature already seen (a replay): re-sign every request. Re-sending a comment with
 a fresh signature is safe: the answer is the first one's (200 with the current state) and no
-second image is made. A comment whose event could not be emitted (503) is queued again when
-re-sent.
+second image is made. The comment id is an idempotency key: the same id with another brand,
+author, post_id or text is refused (409). A comment whose event could not be emitted (503) is
+queued again when re-sent.
+
+The body is strict JSON (RFC 8259) in UTF-8: `NaN`, `Infinity`, duplicate keys, numbers out
+of range and nesting deeper than {MAX_JSON_DEPTH} levels are refused (422).
 
 Answers: **202** queued; **200** already received, or rejected by moderation (`state:
 "rejected"` with a `reason`: the request was fine, the comment breaks the brand's reply
-policy); **401** bad signature; **404** unknown brand; **413** body over 64 KB; **422**
-malformed JSON or field; **429** rate limited (see `Retry-After`); **503** not queued, retry.
+policy); **401** bad signature; **404** unknown brand; **409** id already received with other
+content; **413** body over 64 KB; **422** not strict JSON, or a bad field (named in `loc`);
+**429** rate limited (see `Retry-After`); **503** not queued, retry.
 """
 
 
@@ -205,6 +216,15 @@ def _answer(record: CommentState) -> CommentAnswer:
                          status_url=f"/v1/comments/{record.id}")
 
 
+def _check_same_content(record: CommentState, fingerprint: str) -> None:
+    """Raise a 409 HTTPException if `record` was received with other content than `fingerprint`."""
+    if record.fingerprint is not None and record.fingerprint != fingerprint:
+        raise HTTPException(409, f"comment id {record.id!r} was already received with other content: "
+                                 "its brand, author, post_id or text differs from the first submission. "
+                                 "A comment id is an idempotency key: re-send the first comment exactly, "
+                                 "or send a changed comment under a new id")
+
+
 def _emit_to_prefect(**event: Any) -> None:
     """prefect.events.emit_event, raising when Prefect did not take the event."""
     from prefect.events import emit_event
@@ -255,8 +275,12 @@ class Intake:
 
     def admit(self, comment: Comment) -> tuple[int, CommentAnswer]:
         """Dedupe, rate-limit, moderate, record and queue one authenticated comment."""
-        # 1. A re-sent id gets the first answer (no second image), unless its event never left
+        # 1. A re-sent id gets the first answer (no second image), unless its event never left;
+        #    the same id with other content is another comment under a used key (409)
+        fingerprint = content_fingerprint(comment)
         existing = self.ledger.get(comment.id)
+        if existing is not None:
+            _check_same_content(existing, fingerprint)
         if existing is not None and not (existing.state == "failed"
                                          and (existing.reason or "").startswith(EMIT_FAILED)):
             return 200, _answer(existing)
@@ -270,10 +294,11 @@ class Intake:
             "brand": comment.brand, "author": comment.author, "post_id": comment.post_id,
             "text": text, "keywords": [] if reason else extract_keywords(text),
             "state": "rejected" if reason else "queued", "reason": reason,
-            "image_key": None, "flow_run_id": None,
+            "image_key": None, "flow_run_id": None, "fingerprint": fingerprint,
         }
 
-        # 4. Record it: of concurrent requests for one id exactly one wins
+        # 4. Record it: of concurrent requests for one id exactly one wins (a conditional put);
+        #    a loser whose content differs from the winner's is refused like a later re-send
         if existing is None:
             now = _utcnow()
             record, won = self.ledger.claim(
@@ -281,6 +306,7 @@ class Intake:
         else:
             record, won = self.ledger.requeue(existing, **fields)
         if not won:
+            _check_same_content(record, fingerprint)
             return 200, _answer(record)
         logger.info("comment %s for %s: %s", comment.id, comment.brand, record.state)
         if record.state == "rejected":
@@ -327,8 +353,80 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _NotStrictJSON(ValueError):
+    """The body is JSON to Python's parser, not to RFC 8259 (or not to this intake)."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NotStrictJSON(f"{name} is not JSON (RFC 8259 numbers are finite; NaN and Infinity are a "
+                         "JavaScript extension): send the comment's fields as strings")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _NotStrictJSON(f"the number {literal[:32]} is out of range (it would be Infinity): "
+                             "send the comment's fields as strings")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_NUMBER_CHARS:
+        raise _NotStrictJSON(f"a number with {digits} digits is out of range (at most "
+                             f"{MAX_NUMBER_CHARS}): send the comment's fields as strings")
+    return int(literal)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:  # parsers disagree on which copy wins: a signed body must mean one thing
+            raise _NotStrictJSON(f"duplicate key {key[:64]!r} in a JSON object: send each field once")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest in `text` (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for bracket in re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _strict_json_problem(body: bytes) -> str | None:
+    """Why `body` is not strict JSON (RFC 8259, UTF-8), with the fix; None when it is.
+
+    pydantic's parser (like Python's json) takes NaN, Infinity and 1e400, which no JSON encoder
+    can echo back in a 422, and keeps the last of duplicate keys, where other parsers keep the
+    first: the same signed bytes would mean two comments.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (f"the body is not UTF-8: byte 0x{body[exc.start]:02x} at position {exc.start} "
+                f"({exc.reason}); encode the JSON as UTF-8")
+    depth = _nesting_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        return (f"the JSON nests {depth} levels deep, past the recursion limit of {MAX_JSON_DEPTH}: "
+                "a comment is one flat object of strings")
+    try:
+        json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                   parse_int=_bounded_int, object_pairs_hook=_unique_keys)
+    except _NotStrictJSON as exc:
+        return str(exc)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    return None
+
+
 def _parse_comment(body: bytes) -> Comment:
-    """Validate the body as a Comment, or raise FastAPI's 422 naming the field."""
+    """Validate the body as a Comment, or raise FastAPI's 422 naming the problem or the field."""
+    problem = _strict_json_problem(body)
+    if problem is not None:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": problem}])
     try:
         return Comment.model_validate_json(body)
     except ValidationError as exc:
@@ -379,7 +477,11 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         response_model=CommentAnswer,
         responses={200: {"model": CommentAnswer, "description": "already received, or rejected"},
                    401: {"description": "signature missing, malformed, stale, wrong or replayed"},
-                   404: {"description": "unknown brand"}, 413: {"description": "body over 64 KB"},
+                   404: {"description": "unknown brand"},
+                   409: {"description": "id already received with other content"},
+                   413: {"description": "body over 64 KB"},
+                   422: {"description": "not strict JSON (UTF-8, no NaN/Infinity, no duplicate keys), "
+                                        "or a bad field"},
                    429: {"description": "rate limited; see Retry-After"},
                    503: {"description": "not queued; retry"}},
         openapi_extra={"requestBody": {"required": True, "content": {

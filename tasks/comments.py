@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import re
 import unicodedata
@@ -102,6 +103,9 @@ class CommentState(BaseModel):
     reason: str | None = None
     received_at: datetime
     updated_at: datetime
+    fingerprint: str | None = Field(
+        default=None, description="content_fingerprint of the comment as first received; None in "
+                                  "records written before fingerprints (any re-send matches those)")
 
 
 # -- text ---------------------------------------------------------------------------
@@ -288,9 +292,24 @@ def verify_signature(
 
 # -- ledger -------------------------------------------------------------------------
 
+# What a comment is: who wrote what, under which post, for which brand. The id only names it
+# (an idempotency key), so the same id with any of these changed is another comment (a 409).
+FINGERPRINT_FIELDS = ("brand", "author", "post_id", "text")
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def content_fingerprint(comment: Comment) -> str:
+    """`sha256:<hex>` of the comment's FINGERPRINT_FIELDS as received (text before cleaning).
+
+    Canonical JSON (sorted keys, no spaces, UTF-8): the same fields in another JSON spelling
+    (key order, whitespace, escapes) give the same fingerprint.
+    """
+    fields = {name: getattr(comment, name) for name in FINGERPRINT_FIELDS}
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class CommentLedger:

@@ -160,33 +160,86 @@ def test_same_id_with_a_new_signature_is_a_dedupe(start_intake):
     now = int(time.time())
     first = post_comment(run.url, SECRET, comment("dup"), timestamp=now)
     again = post_comment(run.url, SECRET, comment("dup"), timestamp=now - 1)
-    changed = post_comment(run.url, SECRET, comment("dup", text="另一段文字"), timestamp=now - 2)
+    # the same fields in another JSON spelling (key order, spacing, escapes) are the same comment
+    respelled = json.dumps(dict(reversed(comment("dup").items())), indent=2).encode()
+    third = signed_post(run.url, respelled, timestamp=now - 2)
     assert first.status_code == 202
-    assert again.status_code == changed.status_code == 200
-    assert again.json() == changed.json() == {**first.json(), "state": "queued"}
+    assert again.status_code == third.status_code == 200
+    assert again.json() == third.json() == {**first.json(), "state": "queued"}
     assert len(run.emitted.events) == 1
     assert run.app.state.intake.store.list("_comments/") == ["_comments/dup.json"]
 
 
-def test_concurrent_posts_of_one_id_queue_once(start_intake, store_url):
-    run = start_intake(store_url)
+@pytest.mark.parametrize("change", [{"text": "另一段文字"}, {"author": "bob"}, {"post_id": "post-43"},
+                                    {"brand": "tea"}, {"text": "想要一张秋天咖啡馆的拿铁海报 "}],
+                         ids=["text", "author", "post_id", "brand", "trailing-space"])
+def test_same_id_with_other_content_is_409(start_intake, change):
+    run = start_intake()
     now = int(time.time())
-    barrier = threading.Barrier(6)
-    answers: list[httpx.Response] = []
+    first = post_comment(run.url, SECRET, comment("dup"), timestamp=now)
+    changed = post_comment(run.url, SECRET, {**comment("dup"), **change}, timestamp=now - 1)
+    assert first.status_code == 202
+    assert changed.status_code == 409, changed.text
+    detail = changed.json()["detail"]
+    assert "'dup'" in detail and "differs from the first submission" in detail and "new id" in detail
+    assert run.ledger.get("dup").text == "想要一张秋天咖啡馆的拿铁海报"  # the first one stands
+    exact = post_comment(run.url, SECRET, comment("dup"), timestamp=now - 2)
+    assert (exact.status_code, exact.json()) == (200, first.json())
+    assert len(run.emitted.events) == 1
+
+
+def test_rejected_or_failed_id_with_other_content_is_409(start_intake):
+    run = start_intake()
+    now = int(time.time())
+    rejected = post_comment(run.url, SECRET, comment("r1", text="加微信领优惠"), timestamp=now)
+    assert rejected.status_code == 200 and rejected.json()["state"] == "rejected"
+    r = post_comment(run.url, SECRET, comment("r1", text="想要一张拿铁海报"), timestamp=now - 1)
+    assert r.status_code == 409 and "'r1'" in r.json()["detail"]
+    run.emitted.fail = True
+    assert post_comment(run.url, SECRET, comment("f1"), timestamp=now - 2).status_code == 503
+    run.emitted.fail = False
+    r = post_comment(run.url, SECRET, comment("f1", text="另一段文字"), timestamp=now - 3)
+    assert r.status_code == 409 and "'f1'" in r.json()["detail"]
+    assert run.ledger.get("f1").state == "failed" and run.emitted.events == []
+    assert post_comment(run.url, SECRET, comment("f1"), timestamp=now - 4).status_code == 202
+
+
+def _race(run: Running, bodies: list[dict[str, str]]) -> list[httpx.Response]:
+    """POST every body at the same moment (one thread each, distinct signatures); answers in order."""
+    now = int(time.time())
+    barrier = threading.Barrier(len(bodies))
+    answers: list[httpx.Response] = [None] * len(bodies)  # type: ignore[list-item]
 
     def send(n: int) -> None:
         barrier.wait()
-        answers.append(post_comment(run.url, SECRET, comment("race", author=f"a{n}"), timestamp=now - n))
+        answers[n] = post_comment(run.url, SECRET, bodies[n], timestamp=now - n)
 
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return answers
+
+
+def test_concurrent_posts_of_one_id_queue_once(start_intake, store_url):
+    run = start_intake(store_url)
+    answers = _race(run, [comment("race")] * 6)
     codes = sorted(r.status_code for r in answers)
     assert codes == [200] * 5 + [202], [(r.status_code, r.text) for r in answers]
     assert {r.json()["state"] for r in answers} == {"queued"}
     assert len(run.emitted.events) == 1
+
+
+def test_concurrent_different_bodies_for_one_id_accept_one(start_intake, store_url):
+    run = start_intake(store_url)
+    answers = _race(run, [comment("race", author=f"a{n}") for n in range(6)])
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] + [409] * 5, [(r.status_code, r.text) for r in answers]
+    assert len(run.emitted.events) == 1
+    winner = next(n for n, r in enumerate(answers) if r.status_code == 202)
+    assert run.ledger.get("race").author == f"a{winner}"  # the accepted body is the one recorded
+    assert all("'race'" in r.json()["detail"] for r in answers if r.status_code == 409)
 
 
 # --- authentication --------------------------------------------------------------------
@@ -309,6 +362,38 @@ def test_malformed_body_is_422_naming_the_field(start_intake):
     r = signed_post(run.url, b"\xff\xfe\x00", timestamp=int(time.time()) - 3)
     assert r.status_code == 422
     assert run.emitted.events == []
+
+
+NOT_JSON_BODIES = [
+    # (id, body, fragment of the error message)
+    ("nan", b'{"id": "j1", "author": "ann", "text": NaN, "post_id": "p", "brand": "demo"}', "NaN"),
+    ("infinity", b'{"id": "j2", "author": "ann", "text": "hi", "post_id": "p", "brand": "demo", '
+                 b'"x": Infinity}', "Infinity"),
+    ("minus-infinity", b'{"id": -Infinity, "author": "ann", "text": "hi", "post_id": "p", "brand": "demo"}',
+     "-Infinity"),
+    ("huge-float", b'{"id": "j4", "author": "ann", "text": 1e400, "post_id": "p", "brand": "demo"}',
+     "out of range"),
+    ("huge-int", b'{"id": "j5", "author": "ann", "text": ' + b"9" * 5000 + b', "post_id": "p", "brand": "d"}',
+     "5000 digits"),
+    ("duplicate-key", b'{"id": "j6", "author": "ann", "text": "hi", "post_id": "p", "brand": "demo", '
+                      b'"author": "bob"}', "duplicate key 'author'"),
+    ("not-utf8", json.dumps(comment("j7", text="秋天"), ensure_ascii=False).encode("gbk"), "not UTF-8"),
+    ("deep-extra", b'{"id": "j8", "author": "ann", "text": "hi", "post_id": "p", "brand": "demo", "x": '
+                   + b"[" * 100 + b"]" * 100 + b"}", "recursion limit"),
+    ("deep", b"[" * 5000 + b"]" * 5000, "recursion limit"),
+]
+
+
+@pytest.mark.parametrize(("body", "fragment"), [c[1:] for c in NOT_JSON_BODIES],
+                         ids=[c[0] for c in NOT_JSON_BODIES])
+def test_body_that_is_not_strict_json_is_422_naming_the_problem(start_intake, body, fragment):
+    run = start_intake()
+    r = signed_post(run.url, body)
+    assert r.status_code == 422, r.text
+    error = r.json()["detail"][0]
+    assert error["type"] == "json_invalid" and error["loc"] == ["body"]
+    assert fragment in error["msg"], error["msg"]
+    assert run.emitted.events == [] and run.app.state.intake.store.list("_comments/") == []
 
 
 def test_oversized_body_is_413(start_intake):
