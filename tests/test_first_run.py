@@ -43,9 +43,12 @@ def busy_cpus() -> Iterator[None]:
             proc.wait()
 
 
+QUIETING = ("HF_", "TRANSFORMERS_", "DIFFUSERS_")  # an in-process CLI test may have set them
+
+
 def _zpipe_run(tmp_path: Path, *extra: str, api_url: str | None = None) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PREFECT_", "ZPIPE_", "HF_", "TRANSFORMERS_", "DIFFUSERS_"))}
+           if not key.startswith(("PREFECT_", "ZPIPE_", *QUIETING))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), ZPIPE_CACHE=str(tmp_path / "cache"),
                ZPIPE_SPOOL=str(tmp_path / "spool"), COLUMNS="120")
     if api_url:
@@ -81,7 +84,8 @@ def test_verbose_run_shows_the_libraries_loading(zpipe_cache, prefect_api, tmp_p
         [str(ZPIPE), "run", CAMPAIGN, "--week", WEEK, "--store", f"file://{tmp_path / 'out'}",
          "--scale", "0.25", "-v"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PREFECT_API_URL": prefect_api, "ZPIPE_CACHE": str(zpipe_cache),
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(QUIETING)},
+             "PREFECT_API_URL": prefect_api, "ZPIPE_CACHE": str(zpipe_cache),
              "ZPIPE_SPOOL": str(tmp_path / "spool")})
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
