@@ -71,6 +71,8 @@ class CampaignSummary(BaseModel):
     trend_failures: list[str]
     from_spool: list[str] = []  # made by an earlier run, left in the local spool, uploaded now
     contact_sheet: str | None = None  # the week's contact sheet's key in the store
+    held: list[str] = []  # kept off the public prefix by the QA gate (under held/)
+    qa: dict[str, str] = {}  # key -> the QA gate's decision (score) for this run's images
     approval: ApprovalOutcome | None = None
 
 
@@ -171,7 +173,8 @@ def weekly_campaign(
                                     config.generation == "workers"):
         emit(ProgressEvent("generated", count=len(batch)))
         results.update((job.key, result) for job, result in zip(batch, images, strict=True))
-        published.append((batch, publish_batch_task.submit(store, batch, images, bundle.brand)))
+        published.append((batch, publish_batch_task.submit(store, batch, images, bundle.brand,
+                                                           config.qa)))
         progress.advance_done(published)
 
     # 4. Collect: one image failing does not lose the others
@@ -185,9 +188,31 @@ def weekly_campaign(
                 PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc))
                 for job in batch_of[id(future)]])
         progress.finish(batch_of[id(future)], future)  # from the result: a state can lag
-    created, existing, failed, causes = [], [], [], {}
+
+    # 4b. The QA gate sent some back (drawn text misread): make them again with the next seed
+    retries = [retry for outcome in outcomes.values() for retry in outcome.retry]
+    while retries:
+        logger.info("QA: %d image(s) made again with the next seed", len(retries))
+        attempts = {retry.job.key: retry.attempts for retry in retries}
+        again: list[BatchPublished] = []
+        for batch, images in _generated(_chunks([retry.job for retry in retries], engine.max_batch),
+                                        engine, config.generation == "workers"):
+            results.update((job.key, result) for job, result in zip(batch, images, strict=True))
+            future = publish_batch_task.submit(store, batch, images, bundle.brand, config.qa,
+                                               attempts)
+            published.append((batch, future))
+            outcomes[id(future)] = future.result()
+            again.append(outcomes[id(future)])
+        retries = [retry for outcome in again for retry in outcome.retry]
+
+    created, existing, failed, held, causes = [], [], [], [], {}
+    qa: dict[str, str] = {}  # key -> the QA gate's decision and score, for the UI table
     for _, future in published:
         outcome = outcomes[id(future)]
+        for image in outcome.held:
+            held.append(image.key)
+            logger.warning("held by QA: %s under %s: %s", image.key, image.held_key,
+                           "; ".join(image.reasons))
         for failure in outcome.failed:
             failed.append(failure.key)
             causes.setdefault(failure.kind, failure.message)
@@ -195,11 +220,14 @@ def weekly_campaign(
             emit(ProgressEvent("failed", detail=failure.key))
         for image in outcome.published:
             (created if image.created else existing).append(image.key)
+            if image.qa_decision:
+                qa[image.key] = image.qa_decision + (
+                    f" ({image.qa_score:.2f})" if image.qa_score is not None else "")
             emit(ProgressEvent("published", detail=image.key))
     existing += [job.key for job in jobs if job not in todo and job.key not in from_spool]
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
-        existing=existing, failed=failed,
+        existing=existing, failed=failed, held=held, qa=qa,
         trend_failures=trend_failures, from_spool=from_spool)
 
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
@@ -299,12 +327,13 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
     for job in jobs:
         timings = results[job.key].timings if job.key in results else {}
         status[job.key] = ("failed" if job.key in summary.failed
+                           else "held by QA" if job.key in summary.held
                            else "new" if job.key in summary.created
                            else "from spool" if job.key in summary.from_spool else "already there")
         rows.append({
             "day": f"{job.weekday} {job.date}", "format": job.format, "variant": job.variant,
             "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
-            "key": job.key, "status": status[job.key],
+            "key": job.key, "status": status[job.key], "qa": summary.qa.get(job.key, ""),
             "generate_s": round(timings.get("image_s", 0.0), 3),
             "prompt": job.prompt.text[:160]})
     slug = summary.campaign.lower()
