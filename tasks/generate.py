@@ -99,8 +99,7 @@ def generate_images(
 ) -> list[GenerationResult]:
     """Generate one image per job, in job order; timings say which process and load made it."""
     engine = get_engine(settings)
-    if not engine.loaded:
-        engine.load()
+    if engine.load():  # one line for the load, from the one thread that did it
         emit(ProgressEvent("loaded", detail=f"model {settings.model} loaded on {engine.device} "
                                             f"in {engine.load_s or 0.0:.1f} s"))
     results = engine.generate([to_request(job) for job in jobs], on_step=on_step)

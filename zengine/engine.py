@@ -248,10 +248,13 @@ class TurboEngine:
 
     # ------------------------------------------------------------------ loading
 
-    def load(self) -> None:
-        """Load the weights onto the device; later calls do nothing."""
+    def load(self) -> bool:
+        """Load the weights onto the device; later calls do nothing. True if this call loaded."""
         with self._lock:
+            if self._pipe is not None:
+                return False
             self._load_locked()
+            return True
 
     def _load_locked(self) -> None:
         if self._pipe is not None:
