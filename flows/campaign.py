@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger, task
@@ -18,7 +19,15 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.review import wait_for_review
 from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
-from tasks.config import BilingualText, EngineSettings, load_campaign, load_settings, parse_week
+from tasks.config import (
+    BilingualText,
+    CampaignBundle,
+    EngineSettings,
+    Settings,
+    load_campaign,
+    load_settings,
+    parse_week,
+)
 from tasks.contact_sheet import (
     ContactSheet,
     build_contact_sheet,
@@ -81,6 +90,25 @@ def resolve_store_url(url: str, base: Path | None = None) -> str:
     return open_store(url, base_dir=base).describe()
 
 
+class _Week(NamedTuple):
+    bundle: CampaignBundle
+    config: Settings
+    engine: EngineSettings
+    label: str  # ISO week, e.g. 2026-W48
+    monday: date
+    store: str  # absolute store URL
+
+
+def _resolve_week(campaign: str, week: str | None, store: str | None, settings: str | None,
+                  engine: EngineSettings | None) -> _Week:
+    """A run's inputs resolved: configs loaded, the week (default: this week), the store URL."""
+    bundle = load_campaign(campaign)
+    config = load_settings(settings)
+    label, monday = parse_week(week, datetime.now(ZoneInfo(bundle.campaign.timezone)).date())
+    return _Week(bundle, config, engine or config.engine, label, monday,
+                 resolve_store_url(store or config.store))
+
+
 def _chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
@@ -126,12 +154,9 @@ def weekly_campaign(
 ) -> CampaignSummary:
     """Generate, label and store every image of one campaign week (default: this week)."""
     logger = get_run_logger()
-    bundle = load_campaign(campaign)
-    config = load_settings(settings)
-    engine = engine or config.engine
+    bundle, config, engine, week_label, monday, store = _resolve_week(
+        campaign, week, store, settings, engine)
     name = bundle.campaign.name
-    week_label, monday = parse_week(week, datetime.now(ZoneInfo(bundle.campaign.timezone)).date())
-    store = resolve_store_url(store or config.store)
     gated = bundle.campaign.approval == "required"
 
     # 1. Trends: the week's frozen selection, else stored (hourly) or fresh, ranked and filtered
@@ -263,14 +288,11 @@ def finished_week(campaign: str, week: str | None = None, store: str | None = No
     no Prefect API, no model load. None when there may be work: the week was never planned,
     the local spool holds images to upload, an image is missing, or a review gate waits.
     """
-    bundle = load_campaign(campaign)
+    bundle, _, engine, week_label, monday, store_url = _resolve_week(
+        campaign, week, store, settings, engine)
     if bundle.campaign.approval == "required":  # the gate decides, even with every image made
         return None
-    config = load_settings(settings)
-    engine = engine or config.engine
     name = bundle.campaign.name
-    week_label, monday = parse_week(week, datetime.now(ZoneInfo(bundle.campaign.timezone)).date())
-    store_url = resolve_store_url(store or config.store)
     object_store = open_store(store_url)
     trends = load_week_trends(object_store, name, week_label)
     if trends is None or Spool.for_store(store_url).committed():

@@ -6,7 +6,7 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
@@ -15,6 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tasks.errors import ZpipeError
+
+if TYPE_CHECKING:  # the flow module imports Prefect: only for the annotation
+    from flows.campaign import CampaignSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="zpipe: brand calendars and trends in, labelled AI images in S3 out.")
@@ -154,7 +157,7 @@ def run(
     _print_summary(summary, started)
 
 
-def _print_summary(summary, started: float, note: str = "") -> None:  # a CampaignSummary
+def _print_summary(summary: CampaignSummary, started: float, note: str = "") -> None:
     from tasks.storage import open_store
 
     table = Table(title=f"{summary.campaign} {summary.week}")
