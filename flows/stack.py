@@ -92,7 +92,7 @@ class ProcessSpec:
 
     name: str
     argv: tuple[str, ...]
-    ready: Ready  # http: GET health_path is 200; s3: authenticated list_buckets; alive: ALIVE_S
+    ready: Ready  # http: GET health_path is 200; s3: authenticated listing + one stored byte; alive: ALIVE_S
     env_kind: EnvKind  # server: Prefect home; s3: credentials; app: everything to reach the stack
     port: Literal["prefect", "s3", "intake"] | None = None  # the port it listens on
     health_path: str = ""
@@ -550,7 +550,15 @@ def _is_healthy(entry: Mapping[str, Any], config: Mapping[str, Any], creds: Secr
         if creds is None:
             return False
         try:
-            _s3_client(config["s3_endpoint_url"], creds).list_buckets()
+            client = _s3_client(config["s3_endpoint_url"], creds)
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            bucket = config.get("bucket")
+            if bucket in names:
+                # After a restart SeaweedFS answers listings before its volumes are back: a stored
+                # object's bytes must be readable, else a first GET is an InternalError (seen in CI).
+                first = client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+                if first and first[0].get("Size", 0) > 0:  # an empty object has no byte 0 (416)
+                    client.get_object(Bucket=bucket, Key=first[0]["Key"], Range="bytes=0-0")["Body"].read()
             return True
         except (BotoCoreError, ClientError):
             return False
