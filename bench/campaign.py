@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.campaign import weekly_campaign
-from tasks.config import EngineSettings
-from tasks.storage import LocalStore
+from tasks.config.schema import EngineSettings
+from tasks.store.objects import LocalStore
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "configs/campaigns/weekly-demo.yaml"
 

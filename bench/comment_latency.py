@@ -27,7 +27,7 @@ from pathlib import Path
 import boto3
 import httpx
 
-from flows.intake import post_comment
+from flows.services.intake import post_comment
 
 REPO = Path(__file__).resolve().parents[1]
 ZPIPE = str(Path(sys.executable).parent / "zpipe")

@@ -47,10 +47,10 @@ def _texture(seed: int, size: int = 1024) -> bytes:
 def part1(n: int) -> None:
     import torch
 
-    from tasks.config import EngineSettings, load_campaign
-    from tasks.plan import brand_fingerprint, plan_week
-    from tasks.provenance import make_dev_cert
-    from tasks.publish import label_job
+    from tasks.config.schema import EngineSettings, load_campaign
+    from tasks.content.plan import brand_fingerprint, plan_week
+    from tasks.labels.provenance import make_dev_cert
+    from tasks.publish.batch import label_job
     from zengine import GenerationResult
 
     certs = Path(tempfile.mkdtemp()) / "certs"
@@ -113,9 +113,9 @@ class StandInEngine:
 def part2() -> None:
     import shutil
 
-    import tasks.generate as generate
+    import tasks.orchestration.handover as generate
     from flows.campaign import weekly_campaign
-    from tasks.config import EngineSettings
+    from tasks.config.schema import EngineSettings
 
     stand_in = StandInEngine()
     generate.get_engine = lambda settings: stand_in  # the one seam: the engine factory

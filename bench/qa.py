@@ -34,12 +34,12 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.overlay import HeadlineStyle, draw_headline  # noqa: E402
+from tasks.labels.overlay import HeadlineStyle, draw_headline  # noqa: E402
+from tasks.labels.watermark import LabelSpec, apply_label, find_cjk_font  # noqa: E402
 from tasks.qa import NudeNetDetector, QASettings, Subject, inspect  # noqa: E402
 from tasks.qa.nsfw import check_nsfw  # noqa: E402
 from tasks.qa.settings import TextCheckSettings  # noqa: E402
 from tasks.qa.text import cer, read_box, read_lines  # noqa: E402
-from tasks.watermark import LabelSpec, apply_label, find_cjk_font  # noqa: E402
 
 HEADLINES = [("春日限定桂花拿铁", "Osmanthus Latte"),
              ("周一早晨的第一杯手冲咖啡", "First pour-over of Monday"),
@@ -119,10 +119,10 @@ def part2() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from postprocess import GPU_LATENCY_S, StandInEngine
 
-    import tasks.generate as generate
-    import tasks.publish as publish
+    import tasks.orchestration.handover as generate
+    import tasks.publish.batch as publish
     from flows.campaign import weekly_campaign
-    from tasks.config import EngineSettings
+    from tasks.config.schema import EngineSettings
 
     stand_in = StandInEngine()
     stand_in.loaded = True  # already resident: the generate stage checks this before a batch

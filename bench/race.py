@@ -164,7 +164,7 @@ def main() -> None:
                                     capture_output=True, text=True, check=True)
     run("up", "--prefect-port", str(_port()), "--s3-port", str(_port()), "--intake-port", str(_port()))
     try:
-        from flows.stack import stack_env
+        from flows.services.stack import stack_env
 
         os.environ.update(stack_env(home))
         os.environ["ZPIPE_GENERATION"] = args.generation
@@ -180,10 +180,10 @@ def main() -> None:
 
 def _race(home: Path, bucket: str, args: argparse.Namespace) -> dict:
     from flows.campaign import weekly_campaign
-    from tasks.config import EngineSettings, load_campaign, parse_week
-    from tasks.generate import to_request
-    from tasks.plan import brand_fingerprint, plan_week
-    from tasks.watermark import find_cjk_font
+    from tasks.config.schema import EngineSettings, load_campaign, parse_week
+    from tasks.content.plan import brand_fingerprint, plan_week
+    from tasks.labels.watermark import find_cjk_font
+    from tasks.orchestration.handover import to_request
 
     campaign = _write_campaign(home, args.images)
     engine = EngineSettings(model="tiny", preview_scale=args.scale, max_batch=args.max_batch)

@@ -1,4 +1,4 @@
-"""Benchmark: zpipe's invisible watermark (tasks/invisible.py) against imwatermark's dwtDctSvd.
+"""Benchmark: zpipe's invisible watermark (tasks/labels/invisible.py) against imwatermark's dwtDctSvd.
 
 Measures, in one run on this machine:
 1. speed on 1024x1024 with one thread (embed, detect on a marked image, detect on an unmarked
@@ -10,7 +10,7 @@ Measures, in one run on this machine:
 4. false positives: `detect` on >= 1,000 unmarked images (photos, noise, posters, several
    sizes, some re-encoded) and on the marked set with a wrong key, against the design bound.
 
-Every image first gets the visible "AI生成" label (tasks.watermark.apply_label), as in the
+Every image first gets the visible "AI生成" label (tasks.labels.watermark.apply_label), as in the
 pipeline, where the invisible mark goes on after the label. Photos are scikit-image's bundled
 sample photographs (no download), randomly cropped, scaled, flipped and colour-shifted.
 
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks import invisible
-from tasks.watermark import LabelSpec, LogoSpec, apply_label, find_cjk_font
+from tasks.labels import invisible
+from tasks.labels.watermark import LabelSpec, LogoSpec, apply_label, find_cjk_font
 
 REPO = Path(__file__).resolve().parents[1]
 LOGO = REPO / "configs/brands/demo-logo.png"

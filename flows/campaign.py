@@ -18,8 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
 from flows.review import wait_for_review
-from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
-from tasks.config import (
+from tasks.config.schema import (
     BilingualText,
     CampaignBundle,
     EngineSettings,
@@ -28,18 +27,12 @@ from tasks.config import (
     load_settings,
     parse_week,
 )
-from tasks.contact_sheet import (
-    ContactSheet,
-    build_contact_sheet,
-    gallery_markdown,
-    sheet_key,
-    write_sheet,
-)
-from tasks.errors import StoreError
-from tasks.generate import generate_batch, generate_on_worker
-from tasks.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
-from tasks.progress import ProgressEvent, RunProgress, emit
-from tasks.publish import (
+from tasks.content.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
+from tasks.core.errors import StoreError
+from tasks.orchestration.approval import PENDING, ApprovalOutcome, apply_decision_task
+from tasks.orchestration.handover import generate_batch, generate_on_worker
+from tasks.orchestration.progress import ProgressEvent, RunProgress, emit
+from tasks.publish.batch import (
     BatchPublished,
     PublishFailure,
     find_missing,
@@ -48,16 +41,23 @@ from tasks.publish import (
     recover_spool_task,
     upload_retries,
 )
-from tasks.ranking import rank_trends_task, record_trends_task, source_weights
-from tasks.spool import Spool
-from tasks.storage import S3Store, open_store
-from tasks.trend_store import (
+from tasks.publish.contact_sheet import (
+    ContactSheet,
+    build_contact_sheet,
+    gallery_markdown,
+    sheet_key,
+    write_sheet,
+)
+from tasks.store.objects import S3Store, open_store
+from tasks.store.spool import Spool
+from tasks.trends.archive import (
     load_recent_trends_task,
     load_week_trends,
     load_week_trends_task,
     save_week_trends_task,
 )
-from tasks.trends import TrendReport, ingest_trends
+from tasks.trends.ranking import rank_trends_task, record_trends_task, source_weights
+from tasks.trends.sources import TrendReport, ingest_trends
 from zengine import GenerationResult
 
 POST_WORKERS = 2  # batches labelled and uploaded at once, while the next ones generate

@@ -10,7 +10,7 @@
 
 Served runs ride out a Prefect server restart: their API calls retry for minutes
 (`SERVED_CLIENT_RETRIES`), batches the server's queue forgot are handed to workers again
-(`tasks.generate.HandedOver`), and a rerun makes only the images still missing.
+(`tasks.orchestration.handover.HandedOver`), and a rerun makes only the images still missing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flows.comment import comment_reply
 from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
 from flows.review import review_deployment
 from flows.trends import ingest_trends_flow
-from tasks.config import load_campaign
+from tasks.config.schema import load_campaign
 
 TRENDS_CRON = "0 * * * *"  # hourly: hot lists move within hours
 # Runs import flows as `flows.campaign` etc. (not by file path), so task workers that receive

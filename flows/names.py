@@ -3,7 +3,7 @@
 Schedules and triggers themselves are declared in `flows/deployments.py`.
 """
 
-from tasks.generate import GPU_CONCURRENCY_LIMIT
+from tasks.orchestration.handover import GPU_CONCURRENCY_LIMIT
 
 COMMENT_EVENT = "zpipe.comment.received"          # emitted by the intake, triggers comment-reply
 COMMENT_RESOURCE_PREFIX = "zpipe.comment."         # + comment id

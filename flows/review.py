@@ -27,9 +27,15 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
 from flows.names import CAMPAIGN_FAILED_EVENT, CAMPAIGN_FLOW, REVIEW_FLOW
-from tasks.approval import ApprovalDecision, ApprovalOutcome, ReviewRecord, expire_review, save_review
-from tasks.config import load_settings
-from tasks.storage import ObjectStore, open_store
+from tasks.config.schema import load_settings
+from tasks.orchestration.approval import (
+    ApprovalDecision,
+    ApprovalOutcome,
+    ReviewRecord,
+    expire_review,
+    save_review,
+)
+from tasks.store.objects import ObjectStore, open_store
 
 REVIEW_EXPIRED_DEPLOYMENT = "on-review-timeout"
 FLOW_RUN_RESOURCE_PREFIX = "prefect.flow-run."

@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.campaign import resolve_store_url
-from tasks.config import load_campaign, load_settings
-from tasks.trend_store import save_trends_task
-from tasks.trends import TrendReport, ingest_trends
+from tasks.config.schema import load_campaign, load_settings
+from tasks.trends.archive import save_trends_task
+from tasks.trends.sources import TrendReport, ingest_trends
 
 
 def _run_name() -> str:

@@ -8,8 +8,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from tasks.storage import ObjectStore
-from tasks.watermark import read_labels
+from tasks.labels.watermark import read_labels
+from tasks.store.objects import ObjectStore
 from zengine import GenerationResult
 
 TC260_KEYS = {"Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator",

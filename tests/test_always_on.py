@@ -27,8 +27,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from flows.intake import post_comment
-from tasks.watermark import read_labels
+from flows.services.intake import post_comment
+from tasks.labels.watermark import read_labels
 from tests.helpers import assert_visible_label
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tasks.approval import review_key
-from tasks.storage import LocalStore
+from tasks.orchestration.approval import review_key
+from tasks.store.objects import LocalStore
 
 REPO = Path(__file__).resolve().parents[1]
 WEEK = "2026-W48"

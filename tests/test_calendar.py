@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from tasks.calendar import (
+from tasks.prompts.calendar import (
     SOLAR_TERMS,
     Festival,
     catalogue,

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.watermark import read_labels
+from flows.cli.app import app
+from tasks.labels.watermark import read_labels
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.comfyui import (
+from flows.cli.app import app
+from tasks.config.schema import load_library, load_settings
+from tasks.content.comfyui import (
     ComfyUIError,
     ComfyUIRefused,
     import_workflow,
     parse_workflow,
     write_import,
 )
-from tasks.config import load_library, load_settings
-from tasks.prompts import render_prompt
+from tasks.prompts.templates import render_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "comfyui"
@@ -353,7 +353,7 @@ def test_out_dir_is_not_overwritten_without_force(tmp_path: Path) -> None:
 
 
 def test_imported_template_previews_in_a_campaign(tmp_path: Path) -> None:
-    from flows.preview import preview_week
+    from flows.cli.preview import preview_week
 
     files = write_import(import_workflow(TURBO_UI), tmp_path)
     campaign = tmp_path / "campaign.yaml"
@@ -369,7 +369,7 @@ def test_imported_template_previews_in_a_campaign(tmp_path: Path) -> None:
 
 
 def test_imported_settings_generate_an_image_on_the_tiny_model(zpipe_cache, tmp_path: Path) -> None:
-    from flows.single import generate_one
+    from flows.cli.single import generate_one
 
     result = import_workflow(TURBO_UI)
     prompts, settings = write_import(result, tmp_path / "cfg")

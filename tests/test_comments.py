@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tasks.comments import (
+from tasks.comments.ledger import (
     CommentLedger,
     CommentState,
     LedgerError,
@@ -18,9 +18,9 @@ from tasks.comments import (
     sign,
     verify_signature,
 )
-from tasks.config import ReplyPolicy, load_config
-from tasks.prompts import PromptLibrary, render_prompt
-from tasks.storage import LocalStore, ObjectStore, S3Store
+from tasks.config.schema import ReplyPolicy, load_config
+from tasks.prompts.templates import PromptLibrary, render_prompt
+from tasks.store.objects import LocalStore, ObjectStore, S3Store
 
 SECRET = b"test-secret-0123456789abcdef"
 POLICY = ReplyPolicy(max_chars=40, blocklist=["加微信", "spam-link.example", "代购"])

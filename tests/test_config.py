@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import EngineSettings, load_campaign, load_config, parse_week
-from tasks.errors import ConfigError
-from tasks.plan import brand_fingerprint, plan_week
-from tasks.trends import Trend
+from tasks.config.schema import EngineSettings, load_campaign, load_config, parse_week
+from tasks.content.plan import brand_fingerprint, plan_week
+from tasks.core.errors import ConfigError
+from tasks.trends.sources import Trend
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -1,4 +1,4 @@
-"""The week's contact sheet (tasks.contact_sheet): its HTML, its links, and a real browser on it.
+"""The week's contact sheet (tasks.publish.contact_sheet): its HTML, its links, and a real browser on it.
 
 Images are really labelled and stored (publish_batch, QA gate off for speed) in a LocalStore or
 a real SeaweedFS S3 store; the browser is Debian's `chromium`, headless, offline.
@@ -20,9 +20,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 import pytest
 from markupsafe import escape
 
-from tasks.approval import PENDING, apply_decision, held_key
-from tasks.config import DayTheme, EngineSettings, load_campaign
-from tasks.contact_sheet import (
+from tasks.config.schema import DayTheme, EngineSettings, load_campaign
+from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
+from tasks.orchestration.approval import PENDING, apply_decision, held_key
+from tasks.publish.batch import publish_batch
+from tasks.publish.contact_sheet import (
     SHEETS,
     build_contact_sheet,
     gallery_markdown,
@@ -30,12 +32,10 @@ from tasks.contact_sheet import (
     sheet_key,
     write_sheet,
 )
-from tasks.plan import ImageJob, brand_fingerprint, plan_week
-from tasks.publish import publish_batch
 from tasks.qa import QASettings
-from tasks.spool import Spool
-from tasks.storage import LocalStore, ObjectStore, S3Store
-from tasks.trends import Trend
+from tasks.store.objects import LocalStore, ObjectStore, S3Store
+from tasks.store.spool import Spool
+from tasks.trends.sources import Trend
 from tests.conftest import REPO
 from tests.helpers import noise_result
 
@@ -176,7 +176,7 @@ def test_a_gated_week_shows_pending_approved_and_held_images_where_they_are(demo
     store = LocalStore(tmp_path / "out")
     _publish(store, gated[:6], bundle.brand, tmp_path)
     apply_decision(store, [gated[0].key], None, datetime(2026, 11, 23))  # timed out: rejected
-    from tasks.approval import ApprovalDecision
+    from tasks.orchestration.approval import ApprovalDecision
 
     apply_decision(store, [gated[1].key], ApprovalDecision(reviewer="lin"), datetime(2026, 11, 23))
     for suffix in ("", ".json"):  # the QA gate held the third one

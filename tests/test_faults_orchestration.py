@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tasks.generate import GENERATION_TAG, HANDED_OVER, HEARTBEAT, generation_workers
-from tasks.storage import S3Store
+from tasks.orchestration.handover import GENERATION_TAG, HANDED_OVER, HEARTBEAT, generation_workers
+from tasks.store.objects import S3Store
 from tests.conftest import _free_port, _wait_http
 from tests.helpers import check_campaign_objects
 
@@ -378,7 +378,7 @@ def _queue_comment(ledger, comment_id: str, text: str, state: str = "queued", **
     """A ledger record as the intake writes it before emitting the event."""
     from datetime import UTC, datetime
 
-    from tasks.comments import CommentState, extract_keywords
+    from tasks.comments.ledger import CommentState, extract_keywords
 
     now = datetime.now(UTC)
     record, won = ledger.claim(CommentState(
@@ -405,7 +405,7 @@ def test_duplicate_and_out_of_order_comment_events_make_one_image_per_comment(
     from prefect.client.orchestration import get_client
 
     from flows.comment import comment_reply
-    from tasks.comments import CommentLedger
+    from tasks.comments.ledger import CommentLedger
 
     store = f"s3://{s3_bucket}/{PREFIX}"
     settings = _settings(tmp_path, store, generation="local")
@@ -475,7 +475,7 @@ def test_a_handed_over_run_without_a_state_yet_is_waited_for(monkeypatch):
 
     from prefect.futures import PrefectDistributedFuture
 
-    import tasks.generate as generate
+    import tasks.orchestration.handover as generate
 
     run_id = uuid.uuid4()
     answers = iter([RuntimeError(f"Task run {run_id} has no state which means it hasn't started yet."),

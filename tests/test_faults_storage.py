@@ -28,13 +28,13 @@ import pytest
 import yaml
 
 from flows.campaign import CampaignSummary, weekly_campaign
-from flows.stack import WEED_INTERNAL_PORTS
-from tasks.config import EngineSettings
-from tasks.errors import ConfigError
-from tasks.progress import ProgressEvent, progress_sink
-from tasks.publish import recover_spool, retry_delays, upload_patience_s
-from tasks.spool import RESERVE_BYTES, STALE_AFTER_S, Spool, SpoolError
-from tasks.storage import LocalStore, S3Store
+from flows.services.stack import WEED_INTERNAL_PORTS
+from tasks.config.schema import EngineSettings
+from tasks.core.errors import ConfigError
+from tasks.orchestration.progress import ProgressEvent, progress_sink
+from tasks.publish.batch import recover_spool, retry_delays, upload_patience_s
+from tasks.store.objects import LocalStore, S3Store
+from tasks.store.spool import RESERVE_BYTES, STALE_AFTER_S, Spool, SpoolError
 from tests.conftest import REPO, S3Server, _free_port, _weed_binary
 from tests.helpers import check_campaign_objects
 

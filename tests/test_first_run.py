@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from flows.campaign import finished_week, weekly_campaign
-from tasks.config import EngineSettings
-from tasks.progress import RunProgress
-from tasks.spool import Spool
+from tasks.config.schema import EngineSettings
+from tasks.orchestration.progress import RunProgress
+from tasks.store.spool import Spool
 
 REPO = Path(__file__).resolve().parents[1]
 ZPIPE = Path(sys.executable).parent / "zpipe"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from flows.campaign import weekly_campaign
-from tasks.config import EngineSettings
-from tasks.storage import LocalStore, S3Store
+from tasks.config.schema import EngineSettings
+from tasks.store.objects import LocalStore, S3Store
 from tests.helpers import check_campaign_objects
 
 CAMPAIGN = "configs/campaigns/weekly-demo.yaml"

@@ -26,13 +26,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.intake import IntakeSettings, create_app
-from tasks.comments import SIGNATURE_HEADER, TIMESTAMP_HEADER, moderate, sign
-from tasks.config import EngineSettings, ReplyPolicy, load_campaign, load_config, load_library
-from tasks.errors import ConfigError, PromptError, StoreError
-from tasks.prompts import PromptTemplate, render_prompt
-from tasks.storage import LocalStore
-from tasks.trends import MAX_TITLE_CHARS, TrendSource, ingest
+from flows.services.intake import IntakeSettings, create_app
+from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, moderate, sign
+from tasks.config.schema import EngineSettings, ReplyPolicy, load_campaign, load_config, load_library
+from tasks.core.errors import ConfigError, PromptError, StoreError
+from tasks.prompts.templates import PromptTemplate, render_prompt
+from tasks.store.objects import LocalStore
+from tasks.trends.sources import MAX_TITLE_CHARS, TrendSource, ingest
 from tests.test_intake import BRANDS, SECRET, Recorder, serving
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ CLI_CASES = [
 def test_zpipe_validate_prints_hostile_values_verbatim(tmp_path: Path, text: str, shown: str):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.app import app
 
     path = tmp_path / "settings.yaml"
     path.write_text(text, encoding="utf-8")
@@ -557,10 +557,10 @@ HOSTILE_FEED = """<?xml version="1.0" encoding="utf-8"?>
 
 @pytest.mark.slow
 def test_hostile_campaign_writes_only_under_its_prefix(tree: Path, tmp_path: Path, zpipe_cache):
-    from tasks.generate import generate_images
-    from tasks.plan import brand_fingerprint, plan_week
-    from tasks.publish import publish_batch
-    from tasks.spool import Spool
+    from tasks.content.plan import brand_fingerprint, plan_week
+    from tasks.orchestration.handover import generate_images
+    from tasks.publish.batch import publish_batch
+    from tasks.store.spool import Spool
 
     # 1. Hostile but valid data: template text in the brand name, themes, rule additions and trend
     (tree / "trends/hostile.xml").write_text(HOSTILE_FEED, encoding="utf-8")

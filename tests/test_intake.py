@@ -19,17 +19,17 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from flows.intake import (
+from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
+from flows.services.intake import (
     IntakeSettings,
     create_app,
     load_intake_settings,
     post_comment,
 )
-from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
-from tasks.comments import SIGNATURE_HEADER, TIMESTAMP_HEADER, CommentLedger, sign
-from tasks.config import BrandConfig
-from tasks.errors import ConfigError, ZpipeError
-from tasks.storage import S3Store
+from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, CommentLedger, sign
+from tasks.config.schema import BrandConfig
+from tasks.core.errors import ConfigError, ZpipeError
+from tasks.store.objects import S3Store
 
 SECRET = "intake-test-secret-5f1c9a7e"
 BRANDS = {

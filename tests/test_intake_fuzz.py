@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.intake import IntakeSettings, create_app
-from tasks.comments import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from flows.services.intake import IntakeSettings, create_app
+from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.test_intake import BRANDS, SECRET, Recorder, serving
 
 FIELDS = ("id", "author", "text", "post_id", "brand")

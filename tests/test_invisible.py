@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tasks.errors import ZpipeError
-from tasks.invisible import (
+from tasks.core.errors import ZpipeError
+from tasks.labels.invisible import (
     CHASE_BITS,
     DEFAULT_KEY,
     N_BITS,
@@ -20,7 +20,7 @@ from tasks.invisible import (
     embed,
     false_positive_bound,
 )
-from tasks.watermark import (
+from tasks.labels.watermark import (
     ImplicitLabel,
     LabelSpec,
     OutputSpec,

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from tasks.provenance import SigningConfig, make_dev_cert, sign
-from tasks.watermark import (
+from tasks.labels.provenance import SigningConfig, make_dev_cert, sign
+from tasks.labels.watermark import (
     DIGITAL_SOURCE_TYPE_AI,
     ImplicitLabel,
     LabelPlacement,

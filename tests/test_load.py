@@ -20,8 +20,8 @@ import httpx
 import pytest
 from test_always_on import RATE_LIMITS, REPO, release_stack, reply_images, shared_stack, wait_states
 
-from flows.intake import load_intake_settings
-from tasks.errors import ConfigError
+from flows.services.intake import load_intake_settings
+from tasks.core.errors import ConfigError
 
 REQUESTS = 1000
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.comments import drawable_keywords, extract_keywords, moderate
-from tasks.config import ReplyPolicy
-from tasks.moderation import LexiconError, load_lexicon
+from tasks.comments.ledger import drawable_keywords, extract_keywords, moderate
+from tasks.comments.moderation import LexiconError, load_lexicon
+from tasks.config.schema import ReplyPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 SAFETY = REPO / "configs/safety"
@@ -32,7 +32,7 @@ def test_lexicon_has_each_category_in_both_languages(lexicon):
         assert any(not t.isascii() for t in terms) and any(t.isascii() for t in terms), category
         assert lexicon.labels[category] != category  # a readable label for the reason
     # the trend ranker's shared list is included, and its file still reads as before
-    from tasks.ranking import load_sensitive_terms
+    from tasks.trends.ranking import load_sensitive_terms
 
     assert set(load_sensitive_terms(SAFETY / "sensitive-terms.txt")) <= set(lexicon.categories["sensitive"])
 

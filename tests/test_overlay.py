@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from tasks.config import EngineSettings, load_campaign, parse_week
-from tasks.errors import LabelError
-from tasks.overlay import HeadlineStyle, draw_headline
-from tasks.plan import brand_fingerprint, plan_week_slots
-from tasks.publish import label_job, logo_box
-from tasks.watermark import LabelSpec, LogoSpec, apply_label, find_cjk_font, read_labels
+from tasks.config.schema import EngineSettings, load_campaign, parse_week
+from tasks.content.plan import brand_fingerprint, plan_week_slots
+from tasks.core.errors import LabelError
+from tasks.labels.overlay import HeadlineStyle, draw_headline
+from tasks.labels.watermark import LabelSpec, LogoSpec, apply_label, find_cjk_font, read_labels
+from tasks.publish.batch import label_job, logo_box
 from tests.helpers import assert_visible_label
 from zengine import GenerationResult
 

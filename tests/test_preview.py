@@ -12,11 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.preview import preview_week, prompts_app
-from tasks.config import load_campaign, load_settings
-from tasks.plan import brand_fingerprint, plan_week
-from tasks.ranking import load_sensitive_terms, rank_trends, source_weights
-from tasks.trends import ingest
+from flows.cli.preview import preview_week, prompts_app
+from tasks.config.schema import load_campaign, load_settings
+from tasks.content.plan import brand_fingerprint, plan_week
+from tasks.trends.ranking import load_sensitive_terms, rank_trends, source_weights
+from tasks.trends.sources import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 WEEKLY = REPO / "configs/campaigns/weekly-demo.yaml"

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.errors import PromptError
-from tasks.prompts import (
+from tasks.core.errors import PromptError
+from tasks.prompts.templates import (
     PARTS,
     PromptLibrary,
     PromptParts,
@@ -283,7 +283,7 @@ def test_task_wrapper_name() -> None:
 
 
 def festival_vars(**overrides: Any) -> dict[str, Any]:
-    """The variables the planner passes since rules, festivals and variants (tasks/plan.py)."""
+    """The variables the planner passes since rules, festivals and variants (tasks/content/plan.py)."""
     festival = {"key": "spring-festival", "zh": "春节", "en": "Spring Festival", "kind": "chinese",
                 "date": "2027-02-06"}
     variables = poster_vars(

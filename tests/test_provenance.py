@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image
 
-from tasks.provenance import (
+from tasks.labels.provenance import (
     AIGC_ASSERTION,
     ProvenanceError,
     SigningConfig,
@@ -28,7 +28,7 @@ from tasks.provenance import (
     read_c2pa,
     sign,
 )
-from tasks.watermark import (
+from tasks.labels.watermark import (
     DIGITAL_SOURCE_TYPE_AI,
     ImplicitLabel,
     LabelSpec,

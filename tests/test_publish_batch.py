@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import EngineSettings, load_campaign
-from tasks.errors import StoreError
-from tasks.plan import ImageJob, brand_fingerprint, plan_week
-from tasks.publish import BatchPublished, PublishError, publish_batch
-from tasks.spool import Spool, SpoolError
-from tasks.storage import LocalStore
+from tasks.config.schema import EngineSettings, load_campaign
+from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
+from tasks.core.errors import StoreError
+from tasks.publish.batch import BatchPublished, PublishError, publish_batch
+from tasks.store.objects import LocalStore
+from tasks.store.spool import Spool, SpoolError
 from tests.conftest import REPO
 from tests.helpers import check_campaign_objects, noise_result
 from zengine import GenerationResult
@@ -94,7 +94,7 @@ def test_one_broken_image_fails_alone(batch, tmp_path):
 def test_uploads_ride_out_a_short_outage(batch, tmp_path, monkeypatch):
     jobs, results, brand = batch
     slept: list[float] = []
-    monkeypatch.setattr("tasks.publish.time.sleep", slept.append)
+    monkeypatch.setattr("tasks.publish.batch.time.sleep", slept.append)
     store, spool, log = FlakyStore(tmp_path / "out", down=3), Spool(tmp_path / "spool", "x"), Log()
     outcome = publish_batch(store, jobs, results, brand, spool, patience_s=60, log=log)
     assert len(outcome.published) == len(jobs) and outcome.failed == []
@@ -107,7 +107,7 @@ def test_uploads_ride_out_a_short_outage(batch, tmp_path, monkeypatch):
 def test_a_retry_counts_its_own_half_finished_upload_as_new(batch, tmp_path, monkeypatch):
     """S3 dies between an image and its sidecar: after the retry the image is still 'new'."""
     jobs, results, brand = batch
-    monkeypatch.setattr("tasks.publish.time.sleep", lambda s: None)
+    monkeypatch.setattr("tasks.publish.batch.time.sleep", lambda s: None)
     store = FlakyStore(tmp_path / "out", failing=frozenset({2}))  # the first sidecar's put
     outcome = publish_batch(store, jobs, results, brand, Spool(tmp_path / "spool", "x"), patience_s=60)
     assert [p.created for p in outcome.published] == [True] * len(jobs) and outcome.failed == []
@@ -116,7 +116,7 @@ def test_a_retry_counts_its_own_half_finished_upload_as_new(batch, tmp_path, mon
 
 def test_store_down_past_the_patience_keeps_every_image_in_the_spool(batch, tmp_path, monkeypatch):
     jobs, results, brand = batch
-    monkeypatch.setattr("tasks.publish.time.sleep", lambda s: None)
+    monkeypatch.setattr("tasks.publish.batch.time.sleep", lambda s: None)
     store, spool = FlakyStore(tmp_path / "out", down=10**6), Spool(tmp_path / "spool", "x")
     outcome: BatchPublished = publish_batch(store, jobs, results, brand, spool, patience_s=3)
     assert outcome.published == [] and [f.key for f in outcome.failed] == [j.key for j in jobs]

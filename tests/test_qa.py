@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from tasks.overlay import HeadlineStyle, draw_headline
+from tasks.labels.overlay import HeadlineStyle, draw_headline
+from tasks.labels.watermark import LabelSpec, apply_label, find_cjk_font
 from tasks.qa import Detection, NudeNetDetector, QASettings, Subject, decide, inspect, read_label
 from tasks.qa.palette import check_palette, ciede2000, dominant_colours, srgb_to_lab
 from tasks.qa.report import CheckResult
 from tasks.qa.settings import MaxCer, PaletteCheckSettings
 from tasks.qa.text import cer, check_drawn_text, check_label, check_typeset_text, normalize
-from tasks.watermark import LabelSpec, apply_label, find_cjk_font
 
 ZH, EN = "春日限定桂花拿铁", "Osmanthus Latte"
 READ_ALL = QASettings(min_side_px=0)  # read whatever the size
@@ -317,7 +317,7 @@ def test_an_injected_nsfw_result_holds_the_image() -> None:
 def test_zpipe_verify_reads_the_label_with_the_gates_own_reading() -> None:
     import io
 
-    from tasks.verify import verify_bytes
+    from tasks.labels.verify import verify_bytes
 
     image, placement = apply_label(_background((720, 1280)), LabelSpec())
     buffer = io.BytesIO()

@@ -11,14 +11,20 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from tasks.approval import HeldDecision, apply_held_decision, delete_held, list_held, release_held
-from tasks.config import EngineSettings, load_campaign
-from tasks.plan import brand_fingerprint, plan_week
-from tasks.publish import find_missing, is_done, publish_batch
+from tasks.config.schema import EngineSettings, load_campaign
+from tasks.content.plan import brand_fingerprint, plan_week
+from tasks.orchestration.approval import (
+    HeldDecision,
+    apply_held_decision,
+    delete_held,
+    list_held,
+    release_held,
+)
+from tasks.publish.batch import find_missing, is_done, publish_batch
 from tasks.qa import Detection, QASettings
 from tasks.qa.settings import TextCheckSettings
-from tasks.spool import Spool
-from tasks.storage import LocalStore, open_store
+from tasks.store.objects import LocalStore, open_store
+from tasks.store.spool import Spool
 from tests.conftest import REPO
 from tests.helpers import check_campaign_objects, noise_result
 

@@ -11,9 +11,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from flows.trends_cli import trends_app
-from tasks.errors import ConfigError, StoreError
-from tasks.ranking import (
+from flows.cli.trends import trends_app
+from tasks.core.errors import ConfigError, StoreError
+from tasks.store.objects import LocalStore
+from tasks.trends.ranking import (
     RankingConfig,
     SafetyPolicy,
     ScoredTrend,
@@ -28,8 +29,7 @@ from tasks.ranking import (
     similarity,
     source_weights,
 )
-from tasks.storage import LocalStore
-from tasks.trends import SourceFailure, Trend, TrendReport, TrendSource
+from tasks.trends.sources import SourceFailure, Trend, TrendReport, TrendSource
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trends"

@@ -16,11 +16,11 @@ import httpx
 import pytest
 import yaml
 
-from flows.intake import IntakeSettings, create_app, post_comment
-from tasks.comments import CommentLedger, CommentState, extract_keywords, moderate
-from tasks.config import BrandConfig, EngineSettings, load_brand
-from tasks.moderation import fold, load_lexicon, skeleton_words
-from tasks.reply import plan_reply
+from flows.services.intake import IntakeSettings, create_app, post_comment
+from tasks.comments.ledger import CommentLedger, CommentState, extract_keywords, moderate
+from tasks.comments.moderation import fold, load_lexicon, skeleton_words
+from tasks.comments.reply import plan_reply
+from tasks.config.schema import BrandConfig, EngineSettings, load_brand
 from tests.test_intake import SECRET, Recorder, serving
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Brand fit (tasks/relevance.py): the coffee brand never gets the skincare trend.
+"""Brand fit (tasks/trends/relevance.py): the coffee brand never gets the skincare trend.
 
 Function level (scoring, deny, jieba boundaries, fuzzy Latin words), ranking (dropped with a
 reason), planning (the day falls back to its theme, the reason recorded), `zpipe prompts
@@ -17,13 +17,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.preview import preview_week, prompts_app
-from tasks.config import EngineSettings, load_brand, load_campaign, load_config
-from tasks.errors import ConfigError
-from tasks.plan import brand_fingerprint, plan_week_slots
-from tasks.ranking import rank_trends
-from tasks.relevance import BrandFit, BrandTopics, TopicCategory, fit_reason, score
-from tasks.trends import Trend
+from flows.cli.preview import preview_week, prompts_app
+from tasks.config.schema import EngineSettings, load_brand, load_campaign, load_config
+from tasks.content.plan import brand_fingerprint, plan_week_slots
+from tasks.core.errors import ConfigError
+from tasks.trends.ranking import rank_trends
+from tasks.trends.relevance import BrandFit, BrandTopics, TopicCategory, fit_reason, score
+from tasks.trends.sources import Trend
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tasks.calendar import festivals_on
-from tasks.config import EngineSettings, load_campaign, parse_week
-from tasks.errors import ConfigError
-from tasks.plan import brand_fingerprint, plan_week, plan_week_slots
-from tasks.publish import build_sidecar, label_job
-from tasks.rules import Rule, Slot, apply_rules, matches
-from tasks.trends import Trend
+from tasks.config.schema import EngineSettings, load_campaign, parse_week
+from tasks.content.plan import brand_fingerprint, plan_week, plan_week_slots
+from tasks.core.errors import ConfigError
+from tasks.prompts.calendar import festivals_on
+from tasks.prompts.rules import Rule, Slot, apply_rules, matches
+from tasks.publish.batch import build_sidecar, label_job
+from tasks.trends.sources import Trend
 from tests.helpers import noise_result
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flows import stack
+from flows.services import stack
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET_VARS = ("ZPIPE_INTAKE_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ZPIPE_HOME")

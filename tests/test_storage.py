@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tasks.errors import StoreError
-from tasks.storage import (
+from tasks.core.errors import StoreError
+from tasks.store.objects import (
     LocalStore,
     ObjectStore,
     S3Store,

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from tasks.errors import ConfigError, SourceError
-from tasks.storage import LocalStore
-from tasks.trends import (
+from tasks.core.errors import ConfigError, SourceError
+from tasks.store.objects import LocalStore
+from tasks.trends.sources import (
     CachedResponse,
     JsonMapping,
     MemoryHttpCache,

@@ -13,12 +13,11 @@ import typer
 from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
-from flows.verify_cli import provenance_app, verify_command
-from tasks.config import BrandConfig, load_brand
-from tasks.provenance import SigningConfig, make_dev_cert, sign
-from tasks.storage import LocalStore
-from tasks.verify import VerifyInputError, find_content_key, verify_bytes
-from tasks.watermark import (
+from flows.cli.verify import provenance_app, verify_command
+from tasks.config.schema import BrandConfig, load_brand
+from tasks.labels.provenance import SigningConfig, make_dev_cert, sign
+from tasks.labels.verify import VerifyInputError, find_content_key, verify_bytes
+from tasks.labels.watermark import (
     ImplicitLabel,
     LabelPlacement,
     OutputSpec,
@@ -26,6 +25,7 @@ from tasks.watermark import (
     encode_image,
     label_image,
 )
+from tasks.store.objects import LocalStore
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENT_ID = "3f0c2a9b1d4e"
@@ -53,14 +53,14 @@ def signing(dev_cert) -> SigningConfig:
 
 
 def _invisible():
-    """tasks.invisible (another engineer's module), or skip the test that needs it."""
-    return pytest.importorskip("tasks.invisible", reason="tasks.invisible is not available")
+    """tasks.labels.invisible (another engineer's module), or skip the test that needs it."""
+    return pytest.importorskip("tasks.labels.invisible", reason="tasks.labels.invisible is not available")
 
 
 def _mark(picture: Image.Image, content_id: str) -> Image.Image:
-    """Embed the invisible watermark when tasks.invisible exists (verify skips it otherwise)."""
+    """Embed the invisible watermark when tasks.labels.invisible exists (verify skips it otherwise)."""
     try:
-        from tasks import invisible
+        from tasks.labels import invisible
     except ImportError:
         return picture
     return invisible.embed(picture, content_id)
@@ -81,7 +81,7 @@ def _png(image: Image.Image) -> bytes:
 
 def _labelled(brand: BrandConfig, content_id: str = CONTENT_ID, mark: str | None = CONTENT_ID,
               output: str = "jpeg", position: str | None = None) -> tuple[bytes, LabelPlacement]:
-    """What the pipeline publishes: watermark, then the labels (tasks.watermark.label_image)."""
+    """What the pipeline publishes: watermark, then the labels (tasks.labels.watermark.label_image)."""
     picture = _picture()
     if mark is not None:
         picture = _mark(picture, mark)
@@ -185,12 +185,12 @@ def test_an_unmarked_image_fails_the_watermark(brand) -> None:
 
 
 def test_without_tasks_invisible_the_watermark_is_not_checked(brand, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "tasks.invisible", None)  # import tasks.invisible -> ImportError
+    monkeypatch.setitem(sys.modules, "tasks.labels.invisible", None)  # its import -> ImportError
     data, _ = _labelled(brand)
     report = verify_bytes(data, brand=brand, store=None, trust_anchors=None)
     assert report.ok
     assert report.watermark.status == "not_checked" and not report.watermark.required
-    assert report.watermark.messages == ["watermark: not checked (tasks.invisible unavailable)"]
+    assert report.watermark.messages == ["watermark: not checked (tasks.labels.invisible unavailable)"]
 
 
 def test_the_watermark_resolves_to_its_key_in_a_store(brand, tmp_path) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.storage import LocalStore
-from tasks.watermark import ImplicitLabel, LabelSpec, OutputSpec, label_image
+from flows.cli.app import app
+from tasks.labels.watermark import ImplicitLabel, LabelSpec, OutputSpec, label_image
+from tasks.store.objects import LocalStore
 
 CONTENT_ID = "3f0c2a9b1d4e"
 KEY = f"demo/weekly-demo/2026-W48/mon/9x16-v1-{CONTENT_ID}.jpg"

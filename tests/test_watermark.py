@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageFont
 from pydantic import ValidationError
 
-from tasks.errors import LabelError
-from tasks.watermark import (
+from tasks.core.errors import LabelError
+from tasks.labels.watermark import (
     DIGITAL_SOURCE_TYPE_AI,
     ImplicitLabel,
     LabelSpec,

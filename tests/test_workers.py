@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from flows.campaign import weekly_campaign
-from tasks.config import EngineSettings
-from tasks.storage import LocalStore
+from tasks.config.schema import EngineSettings
+from tasks.store.objects import LocalStore
 from tests.helpers import check_campaign_objects
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The eye before publishing: checks on every finished image, and a decision.
 
-Pure domain code (no Prefect): `tasks.publish` runs it on the publish threads, between the
+Pure domain code (no Prefect): `tasks.publish.batch` runs it on the publish threads, between the
 label step and the upload, for campaigns and comment replies alike.
 
 | module | what |

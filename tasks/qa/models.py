@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import ZpipeError
+from tasks.core.errors import ZpipeError
 
 _INSTALL = "pip install 'rapidocr-onnxruntime==1.4.4' 'nudenet==3.4.2' opencv-python-headless"
 

@@ -11,7 +11,7 @@ intended text and the best-matching stretch of what OCR read, over the intended 
 `normalize` (NFKC, case-folded, letters and digits only, l/1/| -> i and 0 -> o, the usual
 OCR confusions). Other text in the region (a logo, a price) does not count against it.
 
-`read_label` is also what `zpipe verify` uses (tasks.verify), so the gate and the verifier
+`read_label` is also what `zpipe verify` uses (tasks.labels.verify), so the gate and the verifier
 read the label the same way: at full size and in a repost copy (50% downscale + JPEG q70).
 """
 

@@ -1,0 +1,506 @@
+"""Generation stage: image jobs -> PNG bytes through the Turbo engine, one engine per process.
+
+Two ways to run it, same code:
+- `generate_batch`: in the flow's own process (a plain `zpipe run`, no server needed);
+- `generate_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
+  `.delay()`. The worker keeps the engine loaded across flow runs and holds the global
+  concurrency limit `gpu` while it generates; its results persist to result storage so the
+  flow's process can read them back.
+
+Handing work to workers must survive a worker or server that dies. Prefect's task-run queue
+lives in the server's memory: it forgets a run once a worker acknowledged it (a worker killed
+mid-batch leaves its run RUNNING for ever, plus the one batch it had prefetched) and a server
+restart forgets every queued run. So `generate_on_worker.delay()` returns a `HandedOver`
+future: the worker beats a progress artifact on the run while it generates, and the flow's
+`result()` hands a batch over again (a new task run, the old one marked Crashed) when the
+beat stops, the run crashed, or a later batch started while this one still waits. Handing
+over is safe: generation writes nothing to the store (publishing does, keyed by content and
+skipped when the sidecar exists), and a worker skips a run that was already handed over.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import CrashedRun, MissingContextError
+from prefect.futures import PrefectDistributedFuture
+from prefect.states import Cancelled, Crashed, State
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.config.schema import EngineSettings
+from tasks.content.plan import ImageJob
+from tasks.core.errors import ConfigError, ZpipeError
+from tasks.orchestration.progress import ProgressEvent, emit
+from zengine import (
+    FastPath,
+    GenerationRequest,
+    GenerationResult,
+    LoraSpec,
+    ModelSource,
+    TurboEngine,
+)
+
+GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
+GENERATION_TAG = "zpipe-generation"  # on worker batches: a flow sees which started after its own
+HEARTBEAT = "zpipe heartbeat"  # starts the description of a batch's heartbeat artifact
+HANDED_OVER = "handed over again"  # starts the message of a run whose batch went to another run
+
+
+_ENGINES_LOCK = threading.Lock()  # batches run in several threads: exactly one engine each
+
+
+def get_engine(settings: EngineSettings) -> TurboEngine:
+    """The process's engine for these settings: weights load once, on first use.
+
+    Thread-safe: two batches asking at once get the same engine, whose own lock then
+    serializes the load (concurrent `from_pretrained` calls are not thread-safe).
+    """
+    with _ENGINES_LOCK:
+        return _engine_for(settings)
+
+
+@functools.lru_cache(maxsize=2)
+def _engine_for(settings: EngineSettings) -> TurboEngine:
+    source = ModelSource(model=settings.model, revision=settings.revision)
+    device = None if settings.device == "auto" else settings.device
+    fast_path = FastPath.from_settings(settings.fast_path, settings.compile_mode,
+                                       settings.attention_backends)
+    return TurboEngine(source, device=device, max_batch=settings.max_batch, fast_path=fast_path)
+
+
+def to_request(job: ImageJob) -> GenerationRequest:
+    """The engine request for a job (prompt, size, seed, Turbo steps)."""
+    return GenerationRequest(prompt=job.prompt.text, width=job.width, height=job.height,
+                             seed=job.seed, steps=job.steps,
+                             loras=tuple(LoraSpec(path, weight) for path, weight in job.loras))
+
+
+def generate_images(
+    jobs: Sequence[ImageJob],
+    settings: EngineSettings,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[GenerationResult]:
+    """Generate one image per job, in job order; timings say which process and load made it."""
+    engine = get_engine(settings)
+    if engine.load():  # one line for the load, from the one thread that did it
+        emit(ProgressEvent("loaded", detail=f"model {settings.model} loaded on {engine.device} "
+                                            f"in {engine.load_s or 0.0:.1f} s"))
+    results = engine.generate([to_request(job) for job in jobs], on_step=on_step)
+    for result in results:
+        result.timings.update(engine_pid=os.getpid(), engine_loads=engine.load_count,
+                              load_s=round(engine.load_s or 0.0, 3))
+    return results
+
+
+def _batch_name() -> str:
+    from prefect.runtime import task_run
+
+    return _jobs_label(task_run.parameters.get("jobs", []))
+
+
+@task(name="generate-batch", task_run_name=_batch_name, cache_policy=NO_CACHE,
+      persist_result=False, retries=1, retry_delay_seconds=5)
+def generate_batch(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult]:
+    """Generate a batch of images on this process's engine.
+
+    Its images go straight to the publishing task in the same process, so they are never
+    written to result storage (pickling every batch's PNGs cost CPU the generator needs). No
+    `timeout_seconds`: in a worker thread a timeout cannot stop a running pipeline call.
+    """
+    return generate_images(jobs, settings)
+
+
+class WorkerLost(ZpipeError):
+    """A batch was handed to task workers again and again and no worker finished it."""
+
+
+class ServerLost(ZpipeError):
+    """The Prefect API stayed unreachable while a flow waited for a batch."""
+
+
+class WorkerPolicy(BaseSettings):
+    """Timing of batches on resident task workers, from `ZPIPE_WORKER_*` environment variables.
+
+    Both sides read it: a worker beats every `heartbeat_s` while it generates; a waiting flow
+    looks every `poll_s` and hands a batch over again when its beat has been silent for
+    `stale_s`, or when it stays queued for `pickup_s` while a later batch started or the
+    workers sat idle.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ZPIPE_WORKER_", extra="forbid", frozen=True)
+
+    heartbeat_s: float = Field(default=5.0, gt=0, description="beat interval of a running batch")
+    stale_s: float = Field(default=60.0, gt=0, description="silent this long: the worker is gone")
+    pickup_s: float = Field(default=60.0, gt=0,
+                            description="queued this long while others ran or workers idled: lost")
+    poll_s: float = Field(default=5.0, gt=0, description="how often a waiting flow looks")
+    lease_s: float = Field(default=60.0, ge=60, le=86400,
+                           description="lease of a gpu slot; Prefect's minimum is 60 s")
+    slot_wait_s: float = Field(default=30.0, gt=0,
+                               description="wait for a gpu slot before reclaiming leaked ones")
+    max_handovers: int = Field(default=3, ge=0, description="hand-overs of one batch, then fail")
+    server_wait_s: float = Field(default=600.0, gt=0,
+                                 description="wait this long for an unreachable Prefect API")
+
+    @model_validator(mode="after")
+    def _stale_spans_beats(self) -> WorkerPolicy:
+        if self.stale_s < 3 * self.heartbeat_s:
+            raise ValueError(f"ZPIPE_WORKER_STALE_S ({self.stale_s:g}) must be at least 3 x "
+                             f"ZPIPE_WORKER_HEARTBEAT_S ({self.heartbeat_s:g}), or one late beat "
+                             "hands a live batch over")
+        return self
+
+
+def load_worker_policy() -> WorkerPolicy:
+    """The policy from the environment; a bad value is a ConfigError naming the variable."""
+    try:
+        return WorkerPolicy()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = f"ZPIPE_WORKER_{str(error['loc'][0]).upper()}" if error["loc"] else "ZPIPE_WORKER_*"
+        raise ConfigError("environment", field, error["msg"].removeprefix("Value error, "),
+                          error.get("input") if error["loc"] else None) from None
+
+
+def _logger() -> Any:
+    from prefect.logging import get_logger, get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("zpipe.generate")
+
+
+# -- on the worker: beat while generating, skip runs already handed over ---------------
+
+
+class Heartbeat:
+    """A progress artifact on the running task run, updated every `interval_s` from a thread.
+
+    The flow reads it to tell a slow batch from a dead worker: the beat goes on while the
+    model runs (steps can take seconds), and stops with the process.
+    """
+
+    def __init__(self, label: str, interval_s: float):
+        self.label = label
+        self.interval_s = interval_s
+        self.progress = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.artifact_id: UUID | None = None
+
+    def on_step(self, done: int, total: int) -> None:
+        """The engine's step callback: the artifact shows the share of denoising steps done."""
+        self.progress = 100.0 * done / max(total, 1)
+
+    def _text(self, beat: int) -> str:
+        return f"{HEARTBEAT}: {self.label} on {socket.gethostname()} pid {os.getpid()}, beat {beat}"
+
+    def _beat(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        beat = 0
+        while not self._stop.wait(self.interval_s):
+            beat += 1
+            try:
+                update_progress_artifact(self.artifact_id, self.progress, description=self._text(beat))
+            except (httpx.HTTPError, OSError) as exc:  # server restarting: keep generating
+                _logger().warning("heartbeat %d of %s not sent: %s", beat, self.label, exc)
+
+    def __enter__(self) -> Heartbeat:
+        from prefect.artifacts import create_progress_artifact
+
+        self.artifact_id = create_progress_artifact(0.0, description=self._text(0))
+        context = contextvars.copy_context()  # Prefect's settings and run context live in it
+        self._thread = threading.Thread(target=context.run, args=(self._beat,), daemon=True,
+                                        name=f"heartbeat {self.label}")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 10)
+
+
+def generation_workers(client: SyncPrefectClient) -> list[dict[str, Any]]:
+    """The task workers the server sees subscribed to generation batches (`identifier` is
+    `<host>-<pid>`); a killed worker drops out within about a second."""
+    return client.request("POST", "/task_workers/filter", json={
+        "task_worker_filter": {"task_keys": [generate_on_worker.task_key]}}).json()
+
+
+def _handed_over(client: SyncPrefectClient, task_run_id: UUID) -> str | None:
+    """The message that handed this run's batch to another run, if a flow did."""
+    for state in client.read_task_run_states(task_run_id):
+        if state.type == StateType.CRASHED and (state.message or "").startswith(HANDED_OVER):
+            return state.message
+    return None
+
+
+def reclaim_gpu_slots() -> int:
+    """Free `gpu` slots that dead workers still hold, when no other generation worker is up.
+
+    A killed worker keeps its slot until its lease expires (a minute at least), and a server
+    restart forgets leases but not the count, so the slot never comes back. With no other
+    worker connected nobody can hold a slot legitimately: set the count to zero.
+    Returns the number of slots freed.
+    """
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    me = f"{socket.gethostname()}-{os.getpid()}"  # prefect.task_worker.TaskWorker.client_id
+    with get_client(sync_client=True) as client:
+        workers = generation_workers(client)
+        if any(worker["identifier"] != me for worker in workers):
+            return 0
+        try:
+            limit = client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
+        except ObjectNotFound:
+            return 0
+        if limit.active_slots == 0:
+            return 0
+        client.update_global_concurrency_limit(GPU_CONCURRENCY_LIMIT,
+                                               GlobalConcurrencyLimitUpdate(active_slots=0))
+    _logger().warning("freed %d `%s` slot(s) held by workers that are gone", limit.active_slots,
+                      GPU_CONCURRENCY_LIMIT)
+    return limit.active_slots
+
+
+@contextmanager
+def gpu_slot(policy: WorkerPolicy) -> Iterator[None]:
+    """Hold one `gpu` slot; after `slot_wait_s`, reclaim slots leaked by dead workers once."""
+    def hold(timeout_s: float | None) -> Any:
+        # the GPU keeps working when a renewal fails (server restarting): the lease only
+        # frees the slot of a worker that died
+        return concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, strict=True, timeout_seconds=timeout_s,
+                           lease_duration=policy.lease_s, raise_on_lease_renewal_failure=False)
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hold(policy.slot_wait_s))
+        except TimeoutError:
+            reclaim_gpu_slots()
+            stack.enter_context(hold(None))
+        yield
+
+
+def _generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult] | State:
+    """Generate a batch on a resident GPU task worker, holding one `gpu` concurrency slot."""
+    from prefect.runtime import task_run
+
+    policy = load_worker_policy()
+    with get_client(sync_client=True) as client:
+        handed_over = _handed_over(client, UUID(task_run.id))
+    if handed_over:  # a flow gave up on this run and queued the batch again: don't make it twice
+        return Cancelled(message=f"not generated: {handed_over}")
+    with Heartbeat(_batch_name(), policy.heartbeat_s) as beat, gpu_slot(policy):
+        return generate_images(jobs, settings, on_step=beat.on_step)
+
+
+# -- in the flow: wait, and hand a batch over again when its worker is gone --------------
+
+
+def _workers_idle(client: SyncPrefectClient) -> bool:
+    """True if generation workers are connected but none is running a batch."""
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+        TaskRunFilterTags,
+    )
+
+    workers = generation_workers(client)
+    if not workers:  # a worker restarting: waiting for it is right
+        return False
+    busy = client.read_task_runs(task_run_filter=TaskRunFilter(
+        tags=TaskRunFilterTags(all_=[GENERATION_TAG]),
+        state=TaskRunFilterState(type=TaskRunFilterStateType(
+            any_=[StateType.RUNNING, StateType.PENDING]))), limit=1)
+    return not busy
+
+
+# What PrefectDistributedFuture raises (a bare RuntimeError) for a run with no state yet
+_NO_STATE_YET = re.compile(r"has no state which means it hasn't started yet")
+
+
+class HandedOver(PrefectDistributedFuture[list[GenerationResult]]):
+    """A batch handed to resident task workers; `result()` survives a worker or server that dies.
+
+    While it waits, every `poll_s` it reads the run: RUNNING with a silent heartbeat for
+    `stale_s`, Crashed, or still queued for `pickup_s` while a later batch started or the
+    connected workers sat idle (a worker died holding it, or a server restart emptied the
+    queue) -> the old run is marked Crashed and the batch is handed over as a new run, at
+    most `max_handovers` times.
+    """
+
+    def __init__(self, submit: Callable[[], PrefectDistributedFuture[Any]], label: str,
+                 policy: WorkerPolicy):
+        self._submit = submit
+        self.label = label
+        self.policy = policy
+        self.handovers = 0
+        super().__init__(task_run_id=submit().task_run_id)
+        self._watch_from_now()
+
+    def _watch_from_now(self) -> None:
+        self._down_since: float | None = None
+        self._signal: tuple[Any, ...] | None = None
+        self._signal_at = time.monotonic()
+        self._overtaken_at: float | None = None
+
+    def result(self, timeout: float | None = None,
+               raise_on_failure: bool = True) -> list[GenerationResult]:
+        """The batch's images; TimeoutError after `timeout` s, WorkerLost after too many hand-overs."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"{self.label}: not generated within {timeout:g} s "
+                                   f"({self.handovers} hand-overs); is a `zpipe worker` running?")
+            try:
+                try:
+                    images = super().result(timeout=self.policy.poll_s if left is None
+                                            else min(self.policy.poll_s, left),
+                                            raise_on_failure=raise_on_failure)
+                    if isinstance(images, list) and images:
+                        return images
+                    # finished, but its images never reached us (a server restart can drop
+                    # the result's record): make them again rather than fail the run
+                    self._hand_over(f"it finished without its images ({type(images).__name__})")
+                except TimeoutError:
+                    if self._final_state is not None:  # the batch itself raised a TimeoutError
+                        raise
+                    with get_client(sync_client=True) as client:
+                        self._look(client)
+                except RuntimeError as exc:
+                    if not _NO_STATE_YET.search(str(exc)):
+                        raise
+                    # a run queued just now (a hand-over right after a server restart) whose
+                    # state the server has not recorded yet: Prefect returns at once, so wait
+                    # here, then look at it as at any queued run
+                    time.sleep(self.policy.poll_s if left is None else min(self.policy.poll_s, left))
+                    with get_client(sync_client=True) as client:
+                        self._look(client)
+                except CrashedRun as exc:
+                    self._hand_over(f"its run crashed ({exc})")
+                self._down_since = None
+            except httpx.TransportError as exc:  # a fresh client does not retry a refused connection
+                self._wait_for_server(exc)
+
+    def _wait_for_server(self, exc: Exception) -> None:
+        """The Prefect API is unreachable (restarting?): wait for it up to `server_wait_s`."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            _logger().warning("%s: the Prefect API is unreachable (%s); waiting up to %g s for it",
+                              self.label, exc, self.policy.server_wait_s)
+        elif now - self._down_since > self.policy.server_wait_s:
+            raise ServerLost(f"{self.label}: the Prefect API was unreachable for "
+                             f"{now - self._down_since:.0f} s ({exc}); rerun once the server is "
+                             "back: finished images are kept and only the missing ones are made")
+        time.sleep(self.policy.poll_s)
+
+    def _look(self, client: SyncPrefectClient) -> None:
+        """Hand the batch over if its worker is silent, or the queue lost it."""
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterTaskRunId,
+            ArtifactFilterType,
+        )
+        from prefect.client.schemas.sorting import ArtifactSort
+
+        run = client.read_task_run(self.task_run_id)
+        state = run.state.type if run.state else StateType.SCHEDULED
+        now = time.monotonic()
+        if state == StateType.SCHEDULED:
+            if not (self._overtaken(client, run) or _workers_idle(client)):
+                self._overtaken_at = None
+            elif self._overtaken_at is None:
+                self._overtaken_at = now
+            elif now - self._overtaken_at > self.policy.pickup_s:
+                self._hand_over("it stayed queued while a later batch started or the workers sat "
+                                "idle (its worker died holding it, or the server restarted)")
+            return
+        beats = client.read_artifacts(
+            artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[run.id]),
+                                           type=ArtifactFilterType(any_=["progress"])),
+            sort=ArtifactSort.UPDATED_DESC, limit=1)
+        signal = (state, run.run_count, beats[0].description if beats else None)
+        if signal != self._signal:
+            self._signal, self._signal_at = signal, now
+        elif now - self._signal_at > self.policy.stale_s:
+            self._hand_over(f"its worker sent no heartbeat for {now - self._signal_at:.0f} s")
+
+    @staticmethod
+    def _overtaken(client: SyncPrefectClient, run: TaskRun) -> bool:
+        """True if a generation batch queued after `run` has started (the queue is FIFO)."""
+        from prefect.client.schemas.filters import (
+            TaskRunFilter,
+            TaskRunFilterStartTime,
+            TaskRunFilterTags,
+        )
+
+        started = client.read_task_runs(task_run_filter=TaskRunFilter(
+            tags=TaskRunFilterTags(all_=[GENERATION_TAG]),
+            start_time=TaskRunFilterStartTime(after_=run.created)), limit=50)
+        return any(other.id != run.id and other.created and run.created
+                   and other.created > run.created for other in started)
+
+    def _hand_over(self, reason: str) -> None:
+        old = self.task_run_id
+        if self.handovers >= self.policy.max_handovers:
+            raise WorkerLost(f"{self.label}: handed to workers {self.handovers + 1} times and never "
+                             f"generated (last run {old}: {reason}); check that `zpipe worker` "
+                             "runs and its log, then rerun: finished images are kept")
+        with get_client(sync_client=True) as client:  # mark first: a worker then skips the old run
+            client.set_task_run_state(old, Crashed(message=f"{HANDED_OVER}: {reason}"), force=True)
+        self._task_run_id = self._submit().task_run_id
+        self._final_state = None
+        self.handovers += 1
+        self._watch_from_now()
+        _logger().warning("%s: task run %s %s; handed over again as task run %s", self.label, old,
+                          reason, self._task_run_id)
+
+
+class WorkerTask(Task[..., Any]):
+    """A task served by resident task workers: `.delay()` returns a `HandedOver` future."""
+
+    def apply_async(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
+                    wait_for: Any = None, dependencies: Any = None) -> HandedOver:
+        """Queue the batch for a worker (see `HandedOver` for what happens if it dies)."""
+        jobs = args[0] if args else (kwargs or {}).get("jobs", [])
+        return HandedOver(lambda: Task.apply_async(self, args, kwargs, wait_for, dependencies),
+                          _jobs_label(jobs), load_worker_policy())
+
+
+def _jobs_label(jobs: Sequence[ImageJob]) -> str:
+    if not jobs:
+        return "generate-empty"
+    first = jobs[0]
+    return f"generate {first.weekday}-{first.format}" + (f" +{len(jobs) - 1}" if len(jobs) > 1 else "")
+
+
+# No `timeout_seconds`: a task worker runs it in a thread, where Prefect cannot interrupt a
+# running pipeline call anyway; it only logged a warning per batch saying so.
+generate_on_worker = WorkerTask(
+    _generate_on_worker, name="generate-batch-gpu", task_run_name=_batch_name,
+    cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+    persist_result=True, tags=[GENERATION_TAG])
