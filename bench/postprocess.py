@@ -113,7 +113,7 @@ class StandInEngine:
 def part2() -> None:
     import shutil
 
-    import tasks.orchestration.handover as generate
+    import tasks.generation.engine as generate
     from flows.campaign import weekly_campaign
     from tasks.config.schema import EngineSettings
 

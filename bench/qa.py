@@ -119,8 +119,8 @@ def part2() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from postprocess import GPU_LATENCY_S, StandInEngine
 
-    import tasks.orchestration.handover as generate
-    import tasks.publish.batch as publish
+    import tasks.generation.engine as generate
+    import tasks.steps.publish as publish
     from flows.campaign import weekly_campaign
     from tasks.config.schema import EngineSettings
 

@@ -182,8 +182,8 @@ def _race(home: Path, bucket: str, args: argparse.Namespace) -> dict:
     from flows.campaign import weekly_campaign
     from tasks.config.schema import EngineSettings, load_campaign, parse_week
     from tasks.content.plan import brand_fingerprint, plan_week
+    from tasks.generation.engine import to_request
     from tasks.labels.watermark import find_cjk_font
-    from tasks.orchestration.handover import to_request
 
     campaign = _write_campaign(home, args.images)
     engine = EngineSettings(model="tiny", preview_scale=args.scale, max_batch=args.max_batch)

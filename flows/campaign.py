@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -19,7 +18,6 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.review import wait_for_review
 from tasks.config.schema import (
-    BilingualText,
     CampaignBundle,
     EngineSettings,
     Settings,
@@ -27,37 +25,40 @@ from tasks.config.schema import (
     load_settings,
     parse_week,
 )
-from tasks.content.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
-from tasks.core.errors import StoreError
-from tasks.orchestration.approval import PENDING, ApprovalOutcome, apply_decision_task
-from tasks.orchestration.handover import generate_batch, generate_on_worker
-from tasks.orchestration.progress import ProgressEvent, RunProgress, emit
-from tasks.publish.batch import (
-    BatchPublished,
-    PublishFailure,
-    find_missing,
+from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
+from tasks.core.progress import ProgressEvent, emit
+from tasks.orchestration.approval import ApprovalOutcome
+from tasks.orchestration.handover import generate_on_worker
+from tasks.orchestration.progress import RunProgress
+from tasks.publish.batch import BatchPublished, PublishFailure, find_missing, upload_retries
+from tasks.publish.contact_sheet import (
+    ContactSheet,
+    gallery_markdown,
+    sheet_key,
+)
+from tasks.steps.approval import apply_decision_task
+from tasks.steps.content import plan_week_task
+from tasks.steps.generation import generate_batch
+from tasks.steps.publish import (
     find_missing_task,
     publish_batch_task,
     recover_spool_task,
-    upload_retries,
+    write_contact_sheet_task,
 )
-from tasks.publish.contact_sheet import (
-    ContactSheet,
-    build_contact_sheet,
-    gallery_markdown,
-    sheet_key,
-    write_sheet,
-)
-from tasks.store.objects import S3Store, open_store
-from tasks.store.spool import Spool
-from tasks.trends.archive import (
+from tasks.steps.trends import (
+    ingest_trends,
     load_recent_trends_task,
-    load_week_trends,
     load_week_trends_task,
+    rank_trends_task,
+    record_trends_task,
     save_week_trends_task,
 )
-from tasks.trends.ranking import rank_trends_task, record_trends_task, source_weights
-from tasks.trends.sources import TrendReport, ingest_trends
+from tasks.store.keys import PENDING
+from tasks.store.objects import S3Store, open_store
+from tasks.store.spool import Spool
+from tasks.trends.archive import load_week_trends
+from tasks.trends.ranking import source_weights
+from tasks.trends.sources import TrendReport
 from zengine import GenerationResult
 
 POST_WORKERS = 2  # batches labelled and uploaded at once, while the next ones generate
@@ -317,28 +318,6 @@ def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
     lines += [f"{kind}: {message}" for kind, message in causes.items()]
     lines.append(f"Failed: {', '.join(failed[:5])}" + (" ..." if len(failed) > 5 else ""))
     return "\n".join(lines)
-
-
-@task(name="contact-sheet", cache_policy=NO_CACHE, persist_result=False)
-def write_contact_sheet_task(store_url: str, jobs: list[ImageJob], themes: dict[str, BilingualText],
-                             failed: list[str]) -> ContactSheet | None:
-    """Rebuild the week's contact sheet from the store and write it (None if the store failed).
-
-    Best effort: a sheet the store cannot take is logged, never a reason to fail the run.
-    """
-    logger = get_run_logger()
-    if not jobs:
-        return None
-    store = open_store(store_url)
-    try:
-        sheet = build_contact_sheet(store, jobs, themes, failed)
-        written = write_sheet(store, sheet)
-    except StoreError as exc:
-        logger.warning("contact sheet not updated: %s", exc)
-        return None
-    logger.info("contact sheet %s %s: %s", "written to" if written else "unchanged at",
-                sheet.key, store_url)
-    return sheet
 
 
 def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],

@@ -8,8 +8,8 @@ from prefect import flow, get_run_logger
 
 from flows.campaign import resolve_store_url
 from tasks.config.schema import load_campaign, load_settings
-from tasks.trends.archive import save_trends_task
-from tasks.trends.sources import TrendReport, ingest_trends
+from tasks.steps.trends import ingest_trends, save_trends_task
+from tasks.trends.sources import TrendReport
 
 
 def _run_name() -> str:

@@ -15,4 +15,5 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 .venv/bin/ruff check .
+.venv/bin/lint-imports  # the layering in pyproject.toml [tool.importlinter]
 exec .venv/bin/pytest "$@"

@@ -404,7 +404,7 @@ def test_batches_asking_at_once_share_one_engine_and_one_load(zpipe_cache: Path)
     from concurrent.futures import ThreadPoolExecutor
 
     from tasks.config.schema import EngineSettings
-    from tasks.orchestration.handover import get_engine
+    from tasks.generation.engine import get_engine
 
     settings = EngineSettings(preview_scale=0.0625, max_batch=1)  # its own, unloaded engine
     with ThreadPoolExecutor(4) as pool:

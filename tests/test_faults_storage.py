@@ -31,7 +31,7 @@ from flows.campaign import CampaignSummary, weekly_campaign
 from flows.services.stack import WEED_INTERNAL_PORTS
 from tasks.config.schema import EngineSettings
 from tasks.core.errors import ConfigError
-from tasks.orchestration.progress import ProgressEvent, progress_sink
+from tasks.core.progress import ProgressEvent, progress_sink
 from tasks.publish.batch import recover_spool, retry_delays, upload_patience_s
 from tasks.store.objects import LocalStore, S3Store
 from tasks.store.spool import RESERVE_BYTES, STALE_AFTER_S, Spool, SpoolError

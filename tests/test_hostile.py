@@ -558,7 +558,7 @@ HOSTILE_FEED = """<?xml version="1.0" encoding="utf-8"?>
 @pytest.mark.slow
 def test_hostile_campaign_writes_only_under_its_prefix(tree: Path, tmp_path: Path, zpipe_cache):
     from tasks.content.plan import brand_fingerprint, plan_week
-    from tasks.orchestration.handover import generate_images
+    from tasks.generation.engine import generate_images
     from tasks.publish.batch import publish_batch
     from tasks.store.spool import Spool
 

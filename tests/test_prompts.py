@@ -20,8 +20,8 @@ from tasks.prompts.templates import (
     copy_variable,
     quoted,
     render_prompt,
-    render_prompt_task,
 )
+from tasks.steps.content import render_prompt_task
 
 LIBRARY = Path(__file__).resolve().parents[1] / "configs" / "prompts" / "library.yaml"
 

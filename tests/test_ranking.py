@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from flows.cli.trends import trends_app
 from tasks.core.errors import ConfigError, StoreError
+from tasks.steps.trends import rank_trends_task, record_trends_task
 from tasks.store.objects import LocalStore
 from tasks.trends.ranking import (
     RankingConfig,
@@ -23,8 +24,6 @@ from tasks.trends.ranking import (
     is_near_duplicate,
     load_sensitive_terms,
     rank_trends,
-    rank_trends_task,
-    record_trends_task,
     safety_reason,
     similarity,
     source_weights,

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tasks.core.errors import StoreError
+from tasks.steps.store import upload_task
 from tasks.store.objects import (
     LocalStore,
     ObjectStore,
@@ -18,7 +19,6 @@ from tasks.store.objects import (
     decode_metadata,
     encode_metadata,
     open_store,
-    upload_task,
     validate_key,
 )
 

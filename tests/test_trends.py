@@ -17,6 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.core.errors import ConfigError, SourceError
+from tasks.steps.trends import ingest_trends
 from tasks.store.objects import LocalStore
 from tasks.trends.sources import (
     CachedResponse,
@@ -32,7 +33,6 @@ from tasks.trends.sources import (
     fetch,
     fetch_source,
     ingest,
-    ingest_trends,
     load_source,
     parse_csv,
     parse_json,

@@ -25,9 +25,9 @@ from tasks.labels.watermark import (
     encode_image,
     find_cjk_font,
     label_image,
-    label_task,
     read_labels,
 )
+from tasks.steps.labels import label_task
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LOGO = REPO / "configs" / "brands" / "demo-logo.png"

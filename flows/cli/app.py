@@ -96,7 +96,7 @@ def run(
     _quiet_prefect(verbose)
     from flows.campaign import finished_week, weekly_campaign
     from tasks.config.schema import load_campaign, load_settings, parse_week
-    from tasks.orchestration.progress import ProgressEvent, progress_sink
+    from tasks.core.progress import ProgressEvent, progress_sink
     from tasks.store.objects import open_store
 
     try:

@@ -34,7 +34,7 @@ def preview_week(campaign: Path, week: str | None, trends: bool = True,
     """The week's plan as plain data: one row per image, plus the slots that rules skipped."""
     from tasks.config.schema import load_campaign, load_settings, parse_week
     from tasks.content.plan import brand_fingerprint, plan_week_slots
-    from tasks.orchestration.approval import PENDING
+    from tasks.store.keys import PENDING
     from tasks.trends.ranking import load_sensitive_terms, rank_trends, source_weights
     from tasks.trends.sources import ingest
 

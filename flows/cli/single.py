@@ -9,8 +9,8 @@ from rich.progress import Progress
 
 from tasks.config.schema import load_brand, load_settings
 from tasks.core.errors import ConfigError
+from tasks.generation.engine import get_engine
 from tasks.labels.watermark import ImplicitLabel, LabelSpec, OutputSpec, label_image
-from tasks.orchestration.handover import get_engine
 from zengine import GenerationRequest, size_for
 
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}

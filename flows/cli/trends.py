@@ -40,7 +40,7 @@ def _policy(brand: Path | None, blocklist: list[str], deny_topics: list[str]) ->
     """(brand slug, SafetyPolicy): the brand file's `safety:` plus the command-line terms."""
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-    from tasks.config.schema import _from_validation_error, read_yaml
+    from tasks.core.yamlio import from_validation_error, read_yaml
     from tasks.trends.ranking import SafetyPolicy
 
     class BrandSafety(BaseModel):  # just the two fields of a brand file that matter here
@@ -54,7 +54,7 @@ def _policy(brand: Path | None, blocklist: list[str], deny_topics: list[str]) ->
         try:
             found = BrandSafety.model_validate(read_yaml(brand))
         except ValidationError as exc:
-            raise _from_validation_error(brand, exc) from None
+            raise from_validation_error(brand, exc) from None
     policy = found.safety.model_copy(update={
         "blocklist": [*found.safety.blocklist, *blocklist],
         "deny_topics": [*found.safety.deny_topics, *deny_topics],

@@ -46,8 +46,9 @@ from tasks.comments.ledger import (
     verify_signature,
     warm_keywords,
 )
-from tasks.config.schema import BrandConfig, parse_config, read_yaml
+from tasks.config.schema import BrandConfig, parse_config
 from tasks.core.errors import ConfigError, StoreError, ZpipeError
+from tasks.core.yamlio import read_yaml
 from tasks.store.objects import ObjectStore, open_store
 
 if TYPE_CHECKING:

@@ -11,10 +11,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.task_worker import serve
 
 from tasks.config.schema import Settings
+from tasks.generation.engine import get_engine
 from tasks.orchestration.handover import (
     GPU_CONCURRENCY_LIMIT,
     generate_on_worker,
-    get_engine,
     load_worker_policy,
     reclaim_gpu_slots,
 )

@@ -24,8 +24,10 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.comments.moderation import Lexicon, load_lexicon, skeleton_words
-from tasks.config.schema import SLUG, ReplyPolicy
+from tasks.config.schema import ReplyPolicy
+from tasks.core.base import SLUG
 from tasks.core.errors import StoreError, ZpipeError
+from tasks.store.keys import COMMENTS
 from tasks.store.objects import ObjectStore, find_hidden
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -315,7 +317,7 @@ def content_fingerprint(comment: Comment) -> str:
 class CommentLedger:
     """One JSON record per comment at `{prefix}/{id}.json` in an object store."""
 
-    def __init__(self, store: ObjectStore, prefix: str = "_comments"):
+    def __init__(self, store: ObjectStore, prefix: str = COMMENTS):
         self.store = store
         self.prefix = prefix.strip("/")
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from tasks.comments.ledger import CommentLedger, CommentState, drawable_keywords
+from tasks.comments.ledger import CommentState, drawable_keywords
 from tasks.config.schema import WEEKDAYS, BrandConfig, EngineSettings, load_library
-from tasks.content.plan import TURBO_STEPS, ImageJob, _content_id, model_identity
+from tasks.content.identity import TURBO_STEPS, content_id, image_fields, reply_key
+from tasks.content.plan import ImageJob, model_identity
 from tasks.prompts.templates import render_prompt
-from tasks.store.objects import open_store
 from zengine import derive_seed, size_for
 
 REPLY_CAMPAIGN = "comments"
@@ -43,60 +40,18 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
     width, height = size_for(policy.format, engine.preview_scale)
     seed = derive_seed(brand.slug, REPLY_CAMPAIGN, comment.id)
     model_id, revision = model_identity(engine)
-    content_id = _content_id({
-        "prompt": prompt.text, "template": prompt.template, "version": prompt.version,
-        "seed": seed, "size": [width, height], "steps": TURBO_STEPS, "model": model_id,
-        "revision": revision, "output": policy.output.model_dump(),
-        "label": brand.label.model_dump(), "comment": comment.id,
-        "loras": [(Path(lora.path).name, lora.weight) for lora in brand.loras]})
+    fields = image_fields(prompt=prompt, seed=seed, size=(width, height), model=model_id,
+                          revision=revision, output=policy.output.model_dump())
+    fields |= {"label": brand.label.model_dump(), "comment": comment.id,
+               "loras": [(Path(lora.path).name, lora.weight) for lora in brand.loras]}
+    content = content_id(fields)
     day = (now or comment.received_at).date()
     year, week, weekday = day.isocalendar()
-    key = (f"{brand.slug}/{REPLY_CAMPAIGN}/{day.isoformat()}/"
-           f"{comment.id}-{content_id}.{policy.output.ext}")
+    key = reply_key(brand=brand.slug, campaign=REPLY_CAMPAIGN, day=day.isoformat(),
+                    comment_id=comment.id, content=content, ext=policy.output.ext)
     return ImageJob(
         brand=brand.slug, campaign=REPLY_CAMPAIGN, week=f"{year}-W{week:02d}",
         weekday=WEEKDAYS[weekday - 1], date=day, format=policy.format, variant=1, width=width,
         height=height, seed=seed, steps=TURBO_STEPS, prompt=prompt, trend=None,
-        output=policy.output, model_id=model_id, revision=revision, content_id=content_id, key=key,
+        output=policy.output, model_id=model_id, revision=revision, content_id=content, key=key,
         loras=[(lora.path, lora.weight) for lora in brand.loras])
-
-
-def flow_run_is_active(flow_run_id: str) -> bool:
-    """True while the Prefect flow run `flow_run_id` exists and has not finished."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        run_id = UUID(flow_run_id)
-    except ValueError:  # not a Prefect run id: nothing is answering under it
-        return False
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(run_id)
-        except ObjectNotFound:
-            return False
-    return run.state is not None and not run.state.is_final()
-
-
-@task(name="start-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> tuple[CommentState, bool]:
-    """Claim the comment for this flow run: (record, True) if this run answers it, else who does."""
-    return CommentLedger(open_store(store_url)).start(comment_id, flow_run_id, flow_run_is_active)
-
-
-@task(name="finish-reply", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def finish_reply_task(store_url: str, comment_id: str, image_key: str | None,
-                      reason: str | None = None) -> CommentState:
-    """Record the outcome for the status endpoint: done with the image key, or failed."""
-    ledger = CommentLedger(open_store(store_url))
-    if image_key is None:
-        return ledger.update(comment_id, state="failed", reason=reason or "unknown error")
-    return ledger.update(comment_id, state="done", image_key=image_key, reason=None)
-
-
-@task(name="plan-reply", cache_policy=NO_CACHE)
-def plan_reply_task(brand: BrandConfig, comment: CommentState, engine: EngineSettings) -> ImageJob:
-    """Render the brand's reply template with the comment's keywords (templating stage)."""
-    return plan_reply(brand, comment, engine)

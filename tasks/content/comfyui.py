@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tasks.content.identity import TURBO_STEPS  # ComfyUI's 8 = diffusers 0.42.1's 8 (after #13730)
 from tasks.core.errors import ZpipeError
 from tasks.prompts.templates import MAX_PART_CHARS, PARTS
 
@@ -47,7 +48,6 @@ Severity = Literal["info", "warning", "refused"]
 
 MAX_WORKFLOW_BYTES = 16 * 1024 * 1024  # Comfy-Org's templates are 3-60 KB; embedded images are not
 MAX_SUBGRAPH_DEPTH = 16  # nested subgraphs; real files use one or two levels
-TURBO_STEPS = 8  # ComfyUI's 8 = diffusers 0.42.1's num_inference_steps=8 (8 forwards, after #13730)
 TURBO_SHIFT = 3.0  # zengine.engine.TURBO_SHIFT: zpipe always runs FlowMatchEuler with shift 3.0
 MAX_BATCH = 64  # EngineSettings.max_batch's upper bound
 LORA_WEIGHT = (-2.0, 2.0)  # tasks.config.schema.LoraRef.weight's bounds

@@ -18,14 +18,11 @@ Per slot (day x format x variant), in order:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.config.schema import (
@@ -37,14 +34,13 @@ from tasks.config.schema import (
     DayTheme,
     EngineSettings,
 )
+from tasks.content.identity import TURBO_STEPS, campaign_key, content_id, image_fields
 from tasks.labels.watermark import OutputSpec
 from tasks.prompts.calendar import festivals_on
 from tasks.prompts.rules import Slot, apply_rules, trend_tags
 from tasks.prompts.templates import RenderedPrompt, copy_variable, render_prompt
 from tasks.trends.sources import Trend
 from zengine import ModelSource, derive_seed, size_for
-
-TURBO_STEPS = 8  # Z-Image-Turbo is distilled to 8 steps (8 transformer forwards)
 
 WEEKDAY_ZH = {"mon": "周一", "tue": "周二", "wed": "周三", "thu": "周四", "fri": "周五",
               "sat": "周六", "sun": "周日"}
@@ -117,11 +113,6 @@ class WeekPlan(BaseModel):
 
     jobs: list[ImageJob]
     skipped: list[SkippedSlot] = Field(default_factory=list)
-
-
-def _content_id(fields: dict) -> str:
-    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 
 def plan_week(
@@ -243,23 +234,21 @@ def plan_week_slots(
                 }
                 prompt = render_prompt(template, variables, campaign.language, outcome.additions)
                 seed = derive_seed(campaign.name, day.isoformat(), fmt, variant)
-                fields = {
-                    "prompt": prompt.text, "template": prompt.template, "version": prompt.version,
-                    "seed": seed, "size": [width, height], "steps": TURBO_STEPS,
-                    "model": model_id, "revision": revision,
-                    "output": campaign.output.model_dump(), "brand": brand_fingerprint,
-                }
+                fields = image_fields(prompt=prompt, seed=seed, size=(width, height), model=model_id,
+                                      revision=revision, output=campaign.output.model_dump())
+                fields["brand"] = brand_fingerprint
                 if overlay:  # only then: keys of images without an overlay stay as they were
                     fields["overlay"] = {"lines": overlay, "style": brand.headline.model_dump()}
-                content_id = _content_id(fields)
-                key = (f"{key_prefix}{brand.slug}/{campaign.name}/{week}/{weekday}/"
-                       f"{fmt.replace(':', 'x')}-v{variant}-{content_id}.{campaign.output.ext}")
+                content = content_id(fields)
+                key = campaign_key(prefix=key_prefix, brand=brand.slug, campaign=campaign.name,
+                                   week=week, weekday=weekday, fmt=fmt, variant=variant,
+                                   content=content, ext=campaign.output.ext)
                 plan.jobs.append(ImageJob(
                     brand=brand.slug, campaign=campaign.name, week=week, weekday=weekday,
                     date=day, format=fmt, variant=variant, width=width, height=height,
                     seed=seed, steps=TURBO_STEPS, prompt=prompt,
                     trend=None if trend is None else trend.title, output=campaign.output,
-                    model_id=model_id, revision=revision, content_id=content_id, key=key,
+                    model_id=model_id, revision=revision, content_id=content, key=key,
                     festivals=variables["festivals"], rules=outcome.fired,
                     variant_axes={name: value.model_dump() for name, value in axes.items()},
                     copy_text=copy, overlay_lines=overlay,
@@ -293,13 +282,3 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
             with open(path, "rb") as fh:
                 digest.update(hashlib.sha256(fh.read()).digest())
     return digest.hexdigest()[:16]
-
-
-@task(name="plan-week", cache_policy=NO_CACHE)
-def plan_week_task(
-    bundle: CampaignBundle, week: str, monday: date, trends: list[Trend], engine: EngineSettings,
-    key_prefix: str = "", trend_note: str | None = None,
-) -> list[ImageJob]:
-    """Render the week's prompts into image jobs (templating stage)."""
-    return plan_week(bundle, week, monday, trends, engine, brand_fingerprint(bundle), key_prefix,
-                     trend_note)

@@ -19,6 +19,7 @@ from typing import Literal
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.core.base import check_colour
 from tasks.core.errors import LabelError
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
@@ -44,11 +45,7 @@ class HeadlineStyle(BaseModel):
     @field_validator("text_color", "plate_color")
     @classmethod
     def _is_colour(cls, value: str) -> str:
-        try:
-            ImageColor.getrgb(value)
-        except ValueError:
-            raise ValueError(f"not a colour: {value!r}; use hex like '#FFFFFF' or '#00000099'") from None
-        return value
+        return check_colour(value)
 
 
 class OverlayPlacement(BaseModel):

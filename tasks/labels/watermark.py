@@ -22,6 +22,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.core.base import check_colour
 from tasks.core.errors import LabelError
 
 Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
@@ -88,12 +89,8 @@ class LabelSpec(BaseModel):
 
     @field_validator("text_color", "plate_color")
     @classmethod
-    def _is_color(cls, v: str) -> str:
-        try:
-            ImageColor.getrgb(v)
-        except ValueError:
-            raise ValueError(f"not a colour: {v!r}; use hex like '#FFFFFF', '#000000B3'") from None
-        return v
+    def _is_colour(cls, value: str) -> str:
+        return check_colour(value)
 
 
 class LogoSpec(BaseModel):
@@ -576,23 +573,3 @@ def decode_image(data: bytes, what: str) -> Image.Image:
             return im.copy()
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise LabelError(f"cannot decode {what} ({len(data)} bytes): {exc}") from exc
-
-
-# --- Prefect wrapper -------------------------------------------------------------------
-
-from prefect import task  # noqa: E402 - only the thin wrapper needs Prefect
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-
-@task(name="label-image", cache_policy=NO_CACHE, timeout_seconds=120)
-def label_task(
-    png: bytes,
-    label: LabelSpec,
-    logo_bytes: bytes | None,
-    logo_spec: LogoSpec | None,
-    implicit: ImplicitLabel,
-    output: OutputSpec,
-    extra: dict[str, str] | None = None,
-) -> tuple[bytes, LabelPlacement]:
-    """Label one image (visible label, logo, TC260 XMP) and return the bytes to upload."""
-    return label_image(png, label, logo_bytes, logo_spec, implicit, output, extra)

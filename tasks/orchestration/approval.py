@@ -10,18 +10,15 @@ rejected ones are deleted; a review that never comes rejects everything it cover
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.errors import ZpipeError
-from tasks.store.objects import ObjectStore, open_store
-
-PENDING, PUBLISHED = "pending/", "published/"
+from tasks.store.keys import HELD, PENDING, PUBLISHED, REVIEWS
+from tasks.store.objects import ObjectStore
 
 
 class ApprovalDecision(RunInput):
@@ -88,18 +85,7 @@ def apply_decision(store: ObjectStore, pending_keys: list[str],
     return ApprovalOutcome(published=published, rejected=rejected, reviewer=reviewer, reason=reason)
 
 
-@task(name="apply-approval", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def apply_decision_task(store_url: str, pending_keys: list[str], decision: ApprovalDecision | None,
-                        flow_run_id: str | None = None) -> ApprovalOutcome:
-    """Publish what the reviewer approved and delete what they rejected (then its review record)."""
-    store = open_store(store_url)
-    outcome = apply_decision(store, pending_keys, decision, datetime.now(UTC))
-    if flow_run_id is not None:
-        store.delete(review_key(flow_run_id))
-    return outcome
-
-
-REVIEWS_PREFIX = "_reviews/"  # one record per suspended run, for the expiry sweep
+REVIEWS_PREFIX = REVIEWS  # one record per suspended run, for the expiry sweep
 
 
 class ReviewRecord(BaseModel):
@@ -144,7 +130,6 @@ def expire_review(store: ObjectStore, flow_run_id: str, now: datetime) -> Approv
 
 # --- Held images: what the QA gate kept off the public prefix --------------------------------
 
-HELD = "held/"  # held/<key>: flagged by the QA gate (tasks.qa); never public until released
 
 
 class HeldImage(BaseModel):
@@ -175,11 +160,6 @@ class HeldOutcome(BaseModel):
     released: list[str]  # the public keys they now live at
     deleted: list[str]
     reviewer: str
-
-
-def held_key(key: str) -> str:
-    """`<key>` -> `held/<key>` (gated keys too: `held/pending/<key>`)."""
-    return HELD + key
 
 
 def release_target(key: str) -> str:
@@ -241,9 +221,3 @@ def apply_held_decision(store: ObjectStore, decision: HeldDecision, now: datetim
     for key in decision.delete:
         delete_held(store, key)
     return HeldOutcome(released=released, deleted=list(decision.delete), reviewer=decision.reviewer)
-
-
-@task(name="review-held", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def apply_held_decision_task(store_url: str, decision: HeldDecision) -> HeldOutcome:
-    """Release or delete images the QA gate held, as the reviewer decided."""
-    return apply_held_decision(open_store(store_url), decision, datetime.now(UTC))

@@ -1,7 +1,8 @@
-"""Generation stage: image jobs -> PNG bytes through the Turbo engine, one engine per process.
+"""Hand-over of generation batches to resident task workers (the engine use is tasks.generation).
 
-Two ways to run it, same code:
-- `generate_batch`: in the flow's own process (a plain `zpipe run`, no server needed);
+Two ways to run generation, same code:
+- `generate_batch` (tasks.steps.generation): in the flow's own process (a plain `zpipe run`,
+  no server needed);
 - `generate_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
   `.delay()`. The worker keeps the engine loaded across flow runs and holds the global
   concurrency limit `gpu` while it generates; its results persist to result storage so the
@@ -21,7 +22,6 @@ skipped when the sidecar exists), and a worker skips a run that was already hand
 from __future__ import annotations
 
 import contextvars
-import functools
 import os
 import re
 import socket
@@ -33,7 +33,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from prefect import Task, task
+from prefect import Task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import StateType, TaskRun
@@ -47,14 +47,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.config.schema import EngineSettings
 from tasks.content.plan import ImageJob
 from tasks.core.errors import ConfigError, ZpipeError
-from tasks.orchestration.progress import ProgressEvent, emit
+from tasks.generation.engine import generate_images
 from zengine import (
-    FastPath,
-    GenerationRequest,
     GenerationResult,
-    LoraSpec,
-    ModelSource,
-    TurboEngine,
 )
 
 GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
@@ -63,68 +58,10 @@ HEARTBEAT = "zpipe heartbeat"  # starts the description of a batch's heartbeat a
 HANDED_OVER = "handed over again"  # starts the message of a run whose batch went to another run
 
 
-_ENGINES_LOCK = threading.Lock()  # batches run in several threads: exactly one engine each
-
-
-def get_engine(settings: EngineSettings) -> TurboEngine:
-    """The process's engine for these settings: weights load once, on first use.
-
-    Thread-safe: two batches asking at once get the same engine, whose own lock then
-    serializes the load (concurrent `from_pretrained` calls are not thread-safe).
-    """
-    with _ENGINES_LOCK:
-        return _engine_for(settings)
-
-
-@functools.lru_cache(maxsize=2)
-def _engine_for(settings: EngineSettings) -> TurboEngine:
-    source = ModelSource(model=settings.model, revision=settings.revision)
-    device = None if settings.device == "auto" else settings.device
-    fast_path = FastPath.from_settings(settings.fast_path, settings.compile_mode,
-                                       settings.attention_backends)
-    return TurboEngine(source, device=device, max_batch=settings.max_batch, fast_path=fast_path)
-
-
-def to_request(job: ImageJob) -> GenerationRequest:
-    """The engine request for a job (prompt, size, seed, Turbo steps)."""
-    return GenerationRequest(prompt=job.prompt.text, width=job.width, height=job.height,
-                             seed=job.seed, steps=job.steps,
-                             loras=tuple(LoraSpec(path, weight) for path, weight in job.loras))
-
-
-def generate_images(
-    jobs: Sequence[ImageJob],
-    settings: EngineSettings,
-    on_step: Callable[[int, int], None] | None = None,
-) -> list[GenerationResult]:
-    """Generate one image per job, in job order; timings say which process and load made it."""
-    engine = get_engine(settings)
-    if engine.load():  # one line for the load, from the one thread that did it
-        emit(ProgressEvent("loaded", detail=f"model {settings.model} loaded on {engine.device} "
-                                            f"in {engine.load_s or 0.0:.1f} s"))
-    results = engine.generate([to_request(job) for job in jobs], on_step=on_step)
-    for result in results:
-        result.timings.update(engine_pid=os.getpid(), engine_loads=engine.load_count,
-                              load_s=round(engine.load_s or 0.0, 3))
-    return results
-
-
 def _batch_name() -> str:
     from prefect.runtime import task_run
 
     return _jobs_label(task_run.parameters.get("jobs", []))
-
-
-@task(name="generate-batch", task_run_name=_batch_name, cache_policy=NO_CACHE,
-      persist_result=False, retries=1, retry_delay_seconds=5)
-def generate_batch(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult]:
-    """Generate a batch of images on this process's engine.
-
-    Its images go straight to the publishing task in the same process, so they are never
-    written to result storage (pickling every batch's PNGs cost CPU the generator needs). No
-    `timeout_seconds`: in a worker thread a timeout cannot stop a running pipeline call.
-    """
-    return generate_images(jobs, settings)
 
 
 class WorkerLost(ZpipeError):

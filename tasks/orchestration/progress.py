@@ -1,51 +1,13 @@
-"""Progress reporting: a Prefect progress artifact for the UI, plus an optional local sink.
-
-The CLI installs a sink (a callable) with `progress_sink(...)` to drive its rich progress
-bars; the sink lives in a context variable, which Prefect copies into task threads.
-"""
+"""Progress reporting: a Prefect progress artifact for the UI (the local sink and its events
+are tasks.core.progress)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
-
-EventKind = Literal["planned", "skipped", "loaded", "generated", "published", "failed"]
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    kind: EventKind
-    count: int = 1
-    total: int = 0
-    detail: str = ""
-
-
-Sink = Callable[[ProgressEvent], None]
-_sink: ContextVar[Sink | None] = ContextVar("zpipe_progress_sink", default=None)
-
-
-@contextmanager
-def progress_sink(sink: Sink) -> Iterator[None]:
-    """Send progress events raised inside this block (and its flows and tasks) to `sink`."""
-    token = _sink.set(sink)
-    try:
-        yield
-    finally:
-        _sink.reset(token)
-
-
-def emit(event: ProgressEvent) -> None:
-    """Pass an event to the installed sink, if any."""
-    sink = _sink.get()
-    if sink is not None:
-        sink(event)
 
 
 class RunProgress:

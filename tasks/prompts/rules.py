@@ -29,15 +29,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.core.base import SLUG, Strict
 from tasks.prompts.calendar import Festival, FestivalKind, catalogue, is_known
 from tasks.prompts.templates import BilingualText
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Part = Literal["subject", "action", "scene", "lighting", "style"]  # == tasks.prompts.templates.PARTS
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RuleWhen(Strict):
@@ -107,7 +104,7 @@ class RuleThen(Strict):
 class Rule(Strict):
     """One named rule: when all conditions hold, its actions apply."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="slug, recorded per image")
+    name: str = Field(pattern=SLUG.pattern, description="slug, recorded per image")
     when: RuleWhen = Field(default_factory=RuleWhen)
     then: RuleThen
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.core.base import SLUG
 from tasks.core.errors import PromptError
 
 Language = Literal["zh", "en", "bilingual"]
@@ -31,7 +31,6 @@ PARTS = ("subject", "action", "scene", "lighting", "style")
 SEPARATORS = {"zh": "，", "en": ", "}
 BILINGUAL_SEPARATOR = " / "
 
-SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 VERSION = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 # Separators a part may start or end with; stripped so that joining never doubles them.
@@ -505,15 +504,3 @@ def _render_parts(
                 f"Provided variables: {provided}"
             ) from None
     return rendered
-
-
-# ---------------------------------------------------------------------------------------------
-# Prefect wrapper
-
-
-@task(name="render-prompt")
-def render_prompt_task(
-    template: PromptTemplate, variables: dict[str, Any], language: Language = "zh"
-) -> RenderedPrompt:
-    """Render one prompt from a template and its variables."""
-    return render_prompt(template, variables, language)

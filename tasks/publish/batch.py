@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageColor
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from tasks.config.schema import BrandConfig
@@ -49,14 +47,15 @@ from tasks.labels.watermark import (
     encode_image,
     find_cjk_font,
 )
-from tasks.orchestration.approval import HELD, held_key
 from tasks.qa import NsfwDetector, QAAttempt, QAReport, QASettings, Subject, inspect
-from tasks.store.objects import ObjectStore, open_store
-from tasks.store.spool import SIDECAR_SUFFIX, Spool, SpoolEntryError, SpoolError
+from tasks.store.keys import HELD, SIDECAR_SUFFIX, held_key
+from tasks.store.keys import PENDING as PENDING_PREFIX
+from tasks.store.keys import PUBLISHED as PUBLISHED_PREFIX
+from tasks.store.objects import ObjectStore
+from tasks.store.spool import Spool, SpoolEntryError
 from zengine import TINY_MODEL_ID, GenerationResult
 
 SIDECAR_SCHEMA = "zpipe.sidecar/1"
-PENDING_PREFIX, PUBLISHED_PREFIX = "pending/", "published/"  # the approval gate's folders
 UPLOAD_PATIENCE_S = 60.0  # how long uploads retry: rides out an S3 restart or failover
 PATIENCE_ENV = "ZPIPE_UPLOAD_PATIENCE_S"
 MAX_RETRY_DELAY_S = 15.0  # backoff 1, 2, 4, 8, 15, 15, ... s: an S3 back up is seen within 15 s
@@ -87,13 +86,6 @@ class PublishedImage(BaseModel):
     size_bytes: int
     qa_decision: str | None = None  # publish | overlay (None: the gate is off)
     qa_score: float | None = None
-
-
-@functools.lru_cache(maxsize=8)
-def _store(url: str) -> ObjectStore:
-    """One store per URL per process: the upload task runs once per image, and an S3 store's
-    boto3 session and client are worth making once, not per image."""
-    return open_store(url)
 
 
 @functools.lru_cache(maxsize=8)
@@ -554,17 +546,6 @@ def upload_retries(patience_s: float | None = None) -> dict[str, Any]:
     return {"retries": len(delays), "retry_delay_seconds": delays}
 
 
-def retry_unless_spool_fails(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: a full or unwritable spool needs a person, not another try."""
-    try:
-        state.result()
-    except SpoolError:
-        return False
-    except Exception:  # any other failure (S3 unreachable, ...) may pass: retry
-        return True
-    return True
-
-
 def is_done(store: ObjectStore, key: str) -> bool:
     """True if the store holds the sidecar of `key`.
 
@@ -594,50 +575,3 @@ def find_missing(store: ObjectStore, jobs: list[ImageJob]) -> list[ImageJob]:
         approved = store.list(PUBLISHED_PREFIX + prefix.removeprefix(PENDING_PREFIX))
         present |= {PENDING_PREFIX + key.removeprefix(PUBLISHED_PREFIX) for key in approved}
     return [job for job in jobs if job.key + SIDECAR_SUFFIX not in present]
-
-
-@task(name="find-missing", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def find_missing_task(store_url: str, jobs: list[ImageJob]) -> list[ImageJob]:
-    """Skip jobs already published by an earlier run of the same week."""
-    return find_missing(_store(store_url), jobs)
-
-
-def _batch_name() -> str:
-    from prefect.runtime import task_run
-
-    jobs = task_run.parameters.get("jobs") or []
-    if not jobs:
-        return "publish"
-    first = jobs[0]
-    more = f" +{len(jobs) - 1}" if len(jobs) > 1 else ""
-    return f"publish {first.weekday}-{first.format}-v{first.variant}{more}"
-
-
-@task(name="publish-batch", task_run_name=_batch_name, cache_policy=NO_CACHE, persist_result=False)
-def publish_batch_task(store_url: str, jobs: list[ImageJob], results: list[GenerationResult],
-                       brand: BrandConfig, qa: QASettings | None = None,
-                       attempts: dict[str, list[QAAttempt]] | None = None) -> BatchPublished:
-    """Label, inspect (QA gate), spool and upload one generated batch.
-
-    Images that fail come back in `failed` (the flow logs and reports each one), images the
-    gate held in `held`, jobs to make again with the next seed in `retry` (resubmit them with
-    `attempts={r.job.key: r.attempts for r in retry}`); waits for S3 and the gate's holds and
-    retries are logged here as warnings, on this task run.
-    """
-    return publish_batch(_store(store_url), jobs, results, brand, Spool.for_store(store_url),
-                         upload_patience_s(), get_run_logger(), qa=qa, attempts=attempts)
-
-
-@task(name="recover-spool", cache_policy=NO_CACHE, retry_condition_fn=retry_unless_spool_fails,
-      **upload_retries(UPLOAD_PATIENCE_S))
-def recover_spool_task(store_url: str) -> SpoolRecovery:
-    """Upload the images earlier runs left in the local spool, before anything is planned anew."""
-    logger = get_run_logger()
-    recovery = recover_spool(_store(store_url), Spool.for_store(store_url))
-    for line in recovery.discarded:
-        logger.warning(line)
-    if recovery.uploaded or recovery.already_stored:
-        logger.info("%d images uploaded from the local spool %s (%d were already stored): left by "
-                    "an earlier run, not made again", len(recovery.uploaded), recovery.spool,
-                    len(recovery.already_stored))
-    return recovery

@@ -35,10 +35,9 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config.schema import BilingualText
 from tasks.content.plan import ImageJob
 from tasks.core.errors import StoreError
-from tasks.orchestration.approval import PENDING, PUBLISHED, held_key
+from tasks.store.keys import PENDING, PUBLISHED, SHEETS, held_key
 from tasks.store.objects import ObjectStore
 
-SHEETS = "_sheets/"  # records, like _trends/ and _reviews/: not images, not public
 SHEET_NAME = "index.html"
 THUMB_PX = 192  # long side: a week of 7 days x 6 formats fits a laptop screen, ~5-12 KB each
 THUMB_QUALITY = 70  # JPEG: enough to judge composition and colour; the link has the detail

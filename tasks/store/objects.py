@@ -7,6 +7,7 @@ crosses task boundaries; each task opens its own store (S3 clients are created l
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -542,21 +543,16 @@ def open_store(url: str, base_dir: Path | None = None) -> ObjectStore:
     raise StoreError(f"unsupported store URL {url!r}; use one of: {_URL_FORMS}")
 
 
-# --- Prefect wrapper -------------------------------------------------------------------
+def store_at(url: str) -> ObjectStore:
+    """The store at `url`, opened once per process (per working directory and S3 environment).
 
-from prefect import task  # noqa: E402 - only the thin wrapper needs Prefect
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+    Steps receive store URLs (strings travel between tasks, stores do not) and call this: one
+    opener, cached, instead of `open_store(url)` in every step.
+    """
+    env = tuple(os.environ.get(name) for name in _CLIENT_ENV)  # new credentials: a new store
+    return _store_at(url, str(Path.cwd()), env)
 
 
-@task(name="upload", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE,
-      timeout_seconds=120)
-def upload_task(
-    store_url: str,
-    key: str,
-    data: bytes,
-    content_type: str,
-    metadata: dict[str, str],
-    overwrite: bool = False,
-) -> bool:
-    """Upload bytes to the store at `store_url`; False if the key already existed."""
-    return open_store(store_url).put(key, data, content_type, metadata, overwrite=overwrite)
+@functools.lru_cache(maxsize=32)
+def _store_at(url: str, cwd: str, env: tuple[str | None, ...]) -> ObjectStore:
+    return open_store(url, Path(cwd))

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.errors import StoreError, ZpipeError
+from tasks.store.keys import SIDECAR_SUFFIX
 from tasks.store.objects import TMP_MARK, LocalStore, validate_key
 from zengine.tiny import default_cache_root
 
 SPOOL_ENV = "ZPIPE_SPOOL"
-SIDECAR_SUFFIX = ".json"  # as in the store: `<key>.json` beside `<key>`
 RESERVE_BYTES = 16 * 1024 * 1024  # left free: logs and the Prefect database often share the disk
 STALE_AFTER_S = 3600  # an uncommitted file this old belongs to a dead writer, not a live one
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}

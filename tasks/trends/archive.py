@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
+from tasks.store.keys import TRENDS
 from tasks.store.objects import ObjectStore
 from tasks.trends.sources import Trend, TrendReport
 
-TRENDS_PREFIX = "_trends"
+TRENDS_PREFIX = TRENDS
 
 
 class StoredTrends(TrendReport):
@@ -42,22 +40,6 @@ def load_recent_trends(store: ObjectStore, campaign: str, max_age_s: int,
     return stored if age <= max_age_s else None
 
 
-@task(name="save-trends", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def save_trends_task(store_url: str, campaign: str, report: TrendReport) -> str:
-    """Store the normalized trends for campaigns to read."""
-    from tasks.store.objects import open_store
-
-    return save_trends(open_store(store_url), campaign, report, datetime.now(UTC))
-
-
-@task(name="load-stored-trends", cache_policy=NO_CACHE)
-def load_recent_trends_task(store_url: str, campaign: str, max_age_s: int) -> StoredTrends | None:
-    """Read trends stored by the hourly ingestion flow, if fresh enough."""
-    from tasks.store.objects import open_store
-
-    return load_recent_trends(open_store(store_url), campaign, max_age_s, datetime.now(UTC))
-
-
 def _week_key(campaign: str, week: str) -> str:
     return f"{TRENDS_PREFIX}/{campaign}/weeks/{week}.json"
 
@@ -82,19 +64,3 @@ def save_week_trends(store: ObjectStore, campaign: str, week: str, trends: list[
                       ensure_ascii=False, indent=2).encode("utf-8")
     store.put(key, body, "application/json", overwrite=False)
     return key
-
-
-@task(name="load-week-trends", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def load_week_trends_task(store_url: str, campaign: str, week: str) -> list[Trend] | None:
-    """The week's frozen trend selection, if it was planned before."""
-    from tasks.store.objects import open_store
-
-    return load_week_trends(open_store(store_url), campaign, week)
-
-
-@task(name="freeze-week-trends", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def save_week_trends_task(store_url: str, campaign: str, week: str, trends: list[Trend]) -> str:
-    """Record which trends this week uses, so reruns plan the same images."""
-    from tasks.store.objects import open_store
-
-    return save_week_trends(open_store(store_url), campaign, week, trends)

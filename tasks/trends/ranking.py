@@ -21,12 +21,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rapidfuzz import fuzz
 
 from tasks.core.errors import ConfigError, StoreError
+from tasks.store.keys import TRENDS_HISTORY
 from tasks.trends.relevance import LATIN_WORD as _LATIN_WORD
 from tasks.trends.relevance import BrandFit, fit_reason
 from tasks.trends.relevance import has_cjk as _has_cjk
@@ -426,7 +425,7 @@ class TrendHistory:
     never overwrite each other, and a window only reads the days it covers.
     """
 
-    def __init__(self, store: ObjectStore, prefix: str = "_trends/history") -> None:
+    def __init__(self, store: ObjectStore, prefix: str = TRENDS_HISTORY) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
 
@@ -481,40 +480,3 @@ class TrendHistory:
         for key in old:
             self.store.delete(key)
         return len(old)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prefect wrappers
-
-
-@task(name="rank-trends", cache_policy=NO_CACHE)
-def rank_trends_task(
-    report: TrendReport,
-    policy: SafetyPolicy | None = None,
-    sensitive_terms_path: str | None = None,
-    store_url: str | None = None,
-    brand: str | None = None,
-    history_days: float = 14,
-    config: RankingConfig | None = None,
-    weights: dict[str, float] | None = None,
-    limit: int | None = None,
-) -> RankedTrends:
-    """Rank and filter the trends for one brand, skipping those it used within `history_days`."""
-    from tasks.store.objects import open_store
-
-    now = datetime.now(UTC)
-    terms = load_sensitive_terms(sensitive_terms_path) if sensitive_terms_path else []
-    used: set[str] = set()
-    if store_url and brand:
-        used = TrendHistory(open_store(store_url)).recent_keys(brand, history_days, now)
-    return rank_trends(report, policy, used, sensitive_terms=terms, config=config, now=now,
-                       weights=weights, limit=limit)
-
-
-@task(name="record-trends", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def record_trends_task(store_url: str, brand: str, trends: list[Trend]) -> str | None:
-    """Remember the trends a brand's run used, so the next runs skip them."""
-    from tasks.store.objects import open_store
-
-    return TrendHistory(open_store(store_url)).record(brand, trends, datetime.now(UTC))
-

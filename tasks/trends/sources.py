@@ -35,7 +35,6 @@ import jmespath
 import jmespath.exceptions
 import regex
 import yaml
-from prefect import get_run_logger, task
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,6 +47,8 @@ from pydantic import (
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from tasks.core.errors import ConfigError, SourceError, StoreError
+from tasks.core.yamlio import from_validation_error, load_yaml_text, read_yaml
+from tasks.store.keys import TRENDS_HTTP_CACHE
 
 if TYPE_CHECKING:
     from tasks.store.objects import ObjectStore
@@ -441,11 +442,6 @@ def load_source(path: str | Path) -> TrendSource:
 
     Errors are `ConfigError`s naming the file, the field and the bad value.
     """
-    from tasks.config.schema import (  # tasks.config.schema imports this module
-        _from_validation_error,
-        read_yaml,
-    )
-
     path = Path(path).expanduser().resolve()
     data = read_yaml(path)
     if data.get("kind") != "source":
@@ -457,7 +453,7 @@ def load_source(path: str | Path) -> TrendSource:
     try:
         source = SourceFile.model_validate(data).to_source()
     except ValidationError as exc:
-        raise _from_validation_error(path, exc) from None
+        raise from_validation_error(path, exc) from None
     source = source.resolve_against(path.parent)
     if source.enabled and not source.is_http and not Path(source.url).is_file():
         raise ConfigError(str(path), "url", "trend file not found (relative paths resolve against "
@@ -510,7 +506,7 @@ class MemoryHttpCache(HttpCache):
 class StoreHttpCache(HttpCache):
     """One JSON object per URL in an ObjectStore (S3, or a local directory via LocalStore)."""
 
-    def __init__(self, store: ObjectStore, prefix: str = "_trends/http-cache") -> None:
+    def __init__(self, store: ObjectStore, prefix: str = TRENDS_HTTP_CACHE) -> None:
         self.store = store
         self.prefix = prefix.strip("/")
 
@@ -947,8 +943,6 @@ def parse_yaml(data: bytes | str, source_name: str, mapping: JsonMapping | None 
     """Parse a hand-made YAML list (of titles, or of {title, score, url, published, tags})."""
     if isinstance(data, bytes):
         data = decode_body(data, source_name, content_type).text
-    from tasks.config.schema import load_yaml_text  # tasks.config.schema imports this module
-
     try:
         document = load_yaml_text(data)  # safe, and bounded: no alias bombs, no deep nesting
     except yaml.YAMLError as err:
@@ -1111,25 +1105,3 @@ def ingest(sources: Sequence[TrendSource], client: httpx.Client | None = None,
 
     return TrendReport(trends=sorted(dedupe_trends(collected), key=sort_key), failures=failures,
                        notes=notes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prefect wrapper
-
-
-@task(name="ingest-trends", retries=1, retry_delay_seconds=10)
-def ingest_trends(sources: list[TrendSource], cache_store: str | None = None) -> TrendReport:
-    """Read the trend sources (conditional GETs cached in `cache_store`); log skipped sources."""
-    cache = None
-    if cache_store is not None:
-        from tasks.store.objects import open_store
-
-        cache = StoreHttpCache(open_store(cache_store))
-    report = ingest(sources, cache=cache)
-    logger = get_run_logger()
-    for failure in report.failures:
-        logger.warning("trend source %r skipped: %s", failure.source, failure.reason)
-    for note in report.notes:
-        logger.info("trend source %r: %s", note.source, note.message)
-    logger.info("%d trends from %d sources", len(report.trends), len(sources))
-    return report

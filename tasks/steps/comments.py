@@ -1,0 +1,52 @@
+"""Comment-reply steps: claim a comment, plan its image, record the outcome."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect import task
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from tasks.comments.ledger import CommentLedger, CommentState
+from tasks.comments.reply import plan_reply
+from tasks.config.schema import BrandConfig, EngineSettings
+from tasks.content.plan import ImageJob
+from tasks.steps.policies import LEDGER_RETRY, NEVER_CACHE
+from tasks.store.objects import store_at
+
+
+def flow_run_is_active(flow_run_id: str) -> bool:
+    """True while the Prefect flow run `flow_run_id` exists and has not finished."""
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:  # not a Prefect run id: nothing is answering under it
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return False
+    return run.state is not None and not run.state.is_final()
+
+
+@task(name="start-reply", cache_policy=NEVER_CACHE, **LEDGER_RETRY)
+def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> tuple[CommentState, bool]:
+    """Claim the comment for this flow run: (record, True) if this run answers it, else who does."""
+    return CommentLedger(store_at(store_url)).start(comment_id, flow_run_id, flow_run_is_active)
+
+
+@task(name="finish-reply", cache_policy=NEVER_CACHE, **LEDGER_RETRY)
+def finish_reply_task(store_url: str, comment_id: str, image_key: str | None,
+                      reason: str | None = None) -> CommentState:
+    """Record the outcome for the status endpoint: done with the image key, or failed."""
+    ledger = CommentLedger(store_at(store_url))
+    if image_key is None:
+        return ledger.update(comment_id, state="failed", reason=reason or "unknown error")
+    return ledger.update(comment_id, state="done", image_key=image_key, reason=None)
+
+
+@task(name="plan-reply", cache_policy=NEVER_CACHE)
+def plan_reply_task(brand: BrandConfig, comment: CommentState, engine: EngineSettings) -> ImageJob:
+    """Render the brand's reply template with the comment's keywords (templating stage)."""
+    return plan_reply(brand, comment, engine)
