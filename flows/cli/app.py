@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tasks.core.errors import ZpipeError
+from tasks.core.settings import QUIET_PREFECT
 
 if TYPE_CHECKING:  # the flow module imports Prefect: only for the annotation
     from flows.campaign import CampaignSummary
@@ -24,9 +25,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 err = Console(stderr=True)
 
-QUIET_PREFECT = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+CLI_PREFECT = QUIET_PREFECT | {
     "PREFECT_LOGGING_LOG_PRINTS": "false",
     # Without PREFECT_API_URL a run starts a temporary API server, migrating a new database on
     # first use; Prefect gives it 20 s, which a cold, loaded 2-core machine exceeds.
@@ -45,7 +44,7 @@ QUIET_MODEL_LIBRARIES = {
 
 def _quiet_prefect(verbose: bool = False) -> None:
     """Offline-friendly Prefect defaults; run logs still reach the API (and the UI)."""
-    for name, value in QUIET_PREFECT.items():
+    for name, value in CLI_PREFECT.items():
         os.environ.setdefault(name, value)
     if not verbose:  # keep the terminal for zpipe's own progress bars
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -266,6 +265,7 @@ def intake(
 
 def _register_subcommands() -> None:
     from flows.cli.comfy_import import import_app
+    from flows.cli.config import config_app
     from flows.cli.preview import prompts_app
     from flows.cli.trends import trends_app
     from flows.cli.verify import provenance_app, verify_command
@@ -279,6 +279,7 @@ def _register_subcommands() -> None:
     app.command("verify")(verify_command)
     app.add_typer(provenance_app, name="provenance", help="C2PA Content Credentials: dev certificates.")
     app.add_typer(import_app, name="import", help="Bring workflows from other tools (ComfyUI).")
+    app.add_typer(config_app, name="config", help="zpipe's environment variables (`zpipe config env`).")
 
 
 _register_subcommands()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -48,6 +47,7 @@ from tasks.comments.ledger import (
 )
 from tasks.config.schema import BrandConfig, parse_config
 from tasks.core.errors import ConfigError, StoreError, ZpipeError
+from tasks.core.settings import env_default, env_name, env_raw
 from tasks.core.yamlio import read_yaml
 from tasks.store.objects import ObjectStore, open_store
 
@@ -58,10 +58,9 @@ logger = logging.getLogger("zpipe.intake")
 
 MAX_BODY_BYTES = 64 * 1024  # a comment is at most 10,000 characters: 64 KB holds any valid one
 MIN_SECRET_CHARS = 16  # HMAC keys shorter than this are guessable
-SECRET_ENV = "ZPIPE_INTAKE_SECRET"
-SECRET_FILE_ENV = "ZPIPE_INTAKE_SECRET_FILE"
-PER_MINUTE_ENV = "ZPIPE_INTAKE_PER_MINUTE"  # overall comments per minute (default 120)
-PER_AUTHOR_ENV = "ZPIPE_INTAKE_PER_AUTHOR_PER_MINUTE"  # per author within a brand (default 5)
+SECRET_ENV, SECRET_FILE_ENV = env_name("intake_secret"), env_name("intake_secret_file")
+PER_MINUTE_ENV = env_name("intake_per_minute")  # overall comments per minute
+PER_AUTHOR_ENV = env_name("intake_per_author_per_minute")  # per author within a brand
 DEFAULT_STORE = "file://./zpipe-out"  # the same default as configs' `store`
 EMIT_FAILED = "event not emitted"  # reason prefix of records that a re-send may queue again
 # Threads doing ledger I/O at once: botocore keeps 10 S3 connections (max_pool_connections);
@@ -108,8 +107,10 @@ class IntakeSettings(BaseModel):
     secret: SecretStr = Field(min_length=MIN_SECRET_CHARS, description="HMAC key shared with senders")
     store_url: str = Field(min_length=1, description="file:///dir or s3://bucket/prefix")
     brands: dict[str, BrandConfig] = Field(min_length=1, description="slug -> brand")
-    per_author_per_minute: int = Field(default=5, ge=1, description=f"env {PER_AUTHOR_ENV}")
-    overall_per_minute: int = Field(default=120, ge=1, description=f"env {PER_MINUTE_ENV}")
+    per_author_per_minute: int = Field(default=env_default("intake_per_author_per_minute"), ge=1,
+                                        description=f"env {PER_AUTHOR_ENV}")
+    overall_per_minute: int = Field(default=env_default("intake_per_minute"), ge=1,
+                                     description=f"env {PER_MINUTE_ENV}")
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="accepted clock skew")
     emit: Callable[..., Any] | None = Field(
         default=None, exclude=True,
@@ -525,7 +526,7 @@ def _read_secret() -> str:
     how = (f"set {SECRET_ENV}, or {SECRET_FILE_ENV} to a file holding it, to a random string of at "
            f"least {MIN_SECRET_CHARS} characters, e.g. from "
            "`python -c 'import secrets; print(secrets.token_hex(32))'`")
-    value, path = os.environ.get(SECRET_ENV), os.environ.get(SECRET_FILE_ENV)
+    value, path = env_raw("intake_secret"), env_raw("intake_secret_file")
     if value and path:
         raise ConfigError("environment", SECRET_ENV, f"both {SECRET_ENV} and {SECRET_FILE_ENV} are set; "
                                                      "keep one")
@@ -568,9 +569,9 @@ def load_brands(brands_dir: Path) -> dict[str, BrandConfig]:
 def _read_limits() -> dict[str, int]:
     """Rate limits given in the environment (`zpipe up` passes them on to the intake)."""
     limits = {}
-    for env, field in ((PER_MINUTE_ENV, "overall_per_minute"),
-                       (PER_AUTHOR_ENV, "per_author_per_minute")):
-        value = os.environ.get(env, "").strip()
+    for env, field, variable in ((PER_MINUTE_ENV, "overall_per_minute", "intake_per_minute"),
+                                 (PER_AUTHOR_ENV, "per_author_per_minute", "intake_per_author_per_minute")):
+        value = (env_raw(variable) or "").strip()
         if not value:
             continue
         if not value.isdigit() or int(value) < 1:

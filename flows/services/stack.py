@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from tasks.core.errors import ZpipeError
+from tasks.core.settings import QUIET_PREFECT, env_raw
 
 HOST = "127.0.0.1"  # every process binds loopback only
 DEFAULT_HOME = Path(".zpipe")
@@ -138,8 +139,6 @@ PROCESSES: tuple[ProcessSpec, ...] = (
 
 # never passed on from the caller's environment: the stack sets its own
 INHERIT_NOT = {"ZPIPE_INTAKE_SECRET", "ZPIPE_INTAKE_SECRET_FILE", "PREFECT_API_KEY"}
-QUIET_PREFECT = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
 
 
 # --------------------------------------------------------------------------- data model
@@ -237,7 +236,7 @@ class StackStatus:
 def resolve_home(home: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """`home`, else `$ZPIPE_HOME`, else `./.zpipe`; always absolute."""
     environ = os.environ if environ is None else environ
-    chosen = home or (Path(environ["ZPIPE_HOME"]) if environ.get("ZPIPE_HOME") else DEFAULT_HOME)
+    chosen = home or Path(env_raw("home", environ) or DEFAULT_HOME)
     return chosen.expanduser().resolve()
 
 
@@ -296,7 +295,7 @@ def _load_or_create_secrets(paths: StackPaths, environ: Mapping[str, str]) -> Se
     paths.secrets.mkdir(parents=True, exist_ok=True)
     paths.secrets.chmod(0o700)
 
-    intake = environ.get("ZPIPE_INTAKE_SECRET") or _read_secret_file(paths.intake_secret_file)
+    intake = env_raw("intake_secret", environ) or _read_secret_file(paths.intake_secret_file)
     intake = intake or secrets.token_urlsafe(32)
     if _read_secret_file(paths.intake_secret_file) != intake:
         _write_private(paths.intake_secret_file, intake)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.core.base import Slug, Strict
 from tasks.core.errors import ConfigError, LabelError
+from tasks.core.settings import env_raw
 from tasks.core.yamlio import from_validation_error, read_yaml
 from tasks.labels.overlay import HeadlineStyle
 from tasks.labels.watermark import LabelSpec, LogoSpec, OutputSpec, check_logo
@@ -330,8 +331,8 @@ class Settings(Strict):
                            description="the gate before publishing: checks, thresholds, retries")
 
 
-# The only environment variables zpipe reads for settings (secrets stay with boto3 / intake).
-ENV_OVERRIDES = {"ZPIPE_STORE": "store", "ZPIPE_GENERATION": "generation"}
+# Environment variables that override settings fields (tasks.core.settings declares them).
+ENV_OVERRIDES = ("store", "generation")
 
 
 # -- loading ------------------------------------------------------------------------
@@ -590,12 +591,9 @@ def load_library(path: str | Path) -> PromptLibrary:
 
 def load_settings(path: str | Path | None) -> Settings:
     """Load settings YAML (or the embedded defaults), then ZPIPE_STORE / ZPIPE_GENERATION."""
-    import os
-
     model = Settings() if path is None else load_config(path, expect="settings")
     assert isinstance(model, Settings)
-    overrides = {field: os.environ[name] for name, field in ENV_OVERRIDES.items()
-                 if os.environ.get(name)}
+    overrides = {field: value for field in ENV_OVERRIDES if (value := env_raw(field))}
     if not overrides:
         return model
     try:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from tasks.core.errors import ZpipeError
+from tasks.core.settings import env_name, env_raw
 from tasks.labels.watermark import DIGITAL_SOURCE_TYPE_AI
 
 if TYPE_CHECKING:
@@ -43,9 +44,11 @@ CLAIM_GENERATOR = {"name": "zpipe", "version": "0.1"}  # shown by readers as "zp
 AIGC_ASSERTION = "cn.zpipe.aigc"  # reverse-DNS label of the custom assertion
 SIGNABLE_TYPES = ("image/jpeg", "image/png", "image/webp")
 
-ENV_CERT, ENV_KEY = "ZPIPE_C2PA_CERT", "ZPIPE_C2PA_KEY"  # file paths
-ENV_CERT_PEM, ENV_KEY_PEM = "ZPIPE_C2PA_CERT_PEM", "ZPIPE_C2PA_KEY_PEM"  # PEM contents
-ENV_TSA = "ZPIPE_C2PA_TSA_URL"  # optional RFC 3161 time-stamp authority (needs network)
+ENV_CERT, ENV_KEY = env_name("c2pa_cert"), env_name("c2pa_key")  # file paths
+ENV_CERT_PEM, ENV_KEY_PEM = env_name("c2pa_cert_pem"), env_name("c2pa_key_pem")  # PEM contents
+ENV_TSA = env_name("c2pa_tsa_url")  # optional RFC 3161 time-stamp authority (needs network)
+_FIELD = {ENV_CERT: "c2pa_cert", ENV_KEY: "c2pa_key", ENV_CERT_PEM: "c2pa_cert_pem",
+          ENV_KEY_PEM: "c2pa_key_pem"}
 
 DEV_CA_FILE, DEV_CHAIN_FILE, DEV_KEY_FILE = "ca.pem", "signer-chain.pem", "signer-key.pem"
 
@@ -94,14 +97,14 @@ def load_signing_config() -> SigningConfig | None:
             f"(or neither, to publish without Content Credentials). {_DEV_CERT_HINT}"
         )
     config = SigningConfig(cert_chain_pem=cert[1], private_key_pem=key[1],
-                           tsa_url=os.environ.get(ENV_TSA) or None)
+                           tsa_url=env_raw("c2pa_tsa_url"))
     check_signing_config(config, cert_source=cert[0], key_source=key[0])
     return config
 
 
 def _read_credential(path_var: str, pem_var: str) -> tuple[str, bytes] | None:
     """(where it came from, PEM bytes) from a file-path or a contents variable, or None."""
-    path, pem = os.environ.get(path_var), os.environ.get(pem_var)
+    path, pem = env_raw(_FIELD[path_var]), env_raw(_FIELD[pem_var])
     if path and pem:
         raise ProvenanceError(f"both {path_var} and {pem_var} are set; set only one of them")
     if pem:

@@ -10,7 +10,6 @@ import functools
 import io
 import json
 import math
-import os
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.core.base import check_colour
 from tasks.core.errors import LabelError
+from tasks.core.settings import env_name, env_raw
 
 Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 
@@ -172,7 +172,7 @@ class LabelPlacement(BaseModel):
 
 def find_cjk_font(explicit: str | None = None) -> Path:
     """Return a font file that draws Chinese: explicit, $ZPIPE_FONT, fc-match, known paths."""
-    for source, value in (("font", explicit), ("ZPIPE_FONT", os.environ.get("ZPIPE_FONT"))):
+    for source, value in (("font", explicit), (env_name("font"), env_raw("font"))):
         if value:
             path = Path(value).expanduser()
             if not path.is_file():

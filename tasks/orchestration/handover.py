@@ -22,6 +22,7 @@ skipped when the sidecar exists), and a worker skips a run that was already hand
 from __future__ import annotations
 
 import contextvars
+import copy
 import os
 import re
 import socket
@@ -41,12 +42,12 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import CrashedRun, MissingContextError
 from prefect.futures import PrefectDistributedFuture
 from prefect.states import Cancelled, Crashed, State
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tasks.config.schema import EngineSettings
 from tasks.content.plan import ImageJob
 from tasks.core.errors import ConfigError, ZpipeError
+from tasks.core.settings import Environment, env_raw
 from tasks.generation.engine import generate_images
 from zengine import (
     GenerationResult,
@@ -72,29 +73,31 @@ class ServerLost(ZpipeError):
     """The Prefect API stayed unreachable while a flow waited for a batch."""
 
 
-class WorkerPolicy(BaseSettings):
+def _worker_field(name: str) -> Any:
+    """The declaration of `ZPIPE_WORKER_<NAME>` (default, bounds, reason), for WorkerPolicy."""
+    return copy.deepcopy(Environment.model_fields[f"worker_{name}"])
+
+
+class WorkerPolicy(BaseModel):
     """Timing of batches on resident task workers, from `ZPIPE_WORKER_*` environment variables.
 
     Both sides read it: a worker beats every `heartbeat_s` while it generates; a waiting flow
     looks every `poll_s` and hands a batch over again when its beat has been silent for
     `stale_s`, or when it stays queued for `pickup_s` while a later batch started or the
-    workers sat idle.
+    workers sat idle. Each field is the `worker_<name>` variable of tasks.core.settings
+    (type, bounds, default and reason declared there once).
     """
 
-    model_config = SettingsConfigDict(env_prefix="ZPIPE_WORKER_", extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    heartbeat_s: float = Field(default=5.0, gt=0, description="beat interval of a running batch")
-    stale_s: float = Field(default=60.0, gt=0, description="silent this long: the worker is gone")
-    pickup_s: float = Field(default=60.0, gt=0,
-                            description="queued this long while others ran or workers idled: lost")
-    poll_s: float = Field(default=5.0, gt=0, description="how often a waiting flow looks")
-    lease_s: float = Field(default=60.0, ge=60, le=86400,
-                           description="lease of a gpu slot; Prefect's minimum is 60 s")
-    slot_wait_s: float = Field(default=30.0, gt=0,
-                               description="wait for a gpu slot before reclaiming leaked ones")
-    max_handovers: int = Field(default=3, ge=0, description="hand-overs of one batch, then fail")
-    server_wait_s: float = Field(default=600.0, gt=0,
-                                 description="wait this long for an unreachable Prefect API")
+    heartbeat_s: float = _worker_field("heartbeat_s")
+    stale_s: float = _worker_field("stale_s")
+    pickup_s: float = _worker_field("pickup_s")
+    poll_s: float = _worker_field("poll_s")
+    lease_s: float = _worker_field("lease_s")
+    slot_wait_s: float = _worker_field("slot_wait_s")
+    max_handovers: int = _worker_field("max_handovers")
+    server_wait_s: float = _worker_field("server_wait_s")
 
     @model_validator(mode="after")
     def _stale_spans_beats(self) -> WorkerPolicy:
@@ -107,8 +110,10 @@ class WorkerPolicy(BaseSettings):
 
 def load_worker_policy() -> WorkerPolicy:
     """The policy from the environment; a bad value is a ConfigError naming the variable."""
+    values = {name: raw.strip() for name in WorkerPolicy.model_fields
+              if (raw := env_raw(f"worker_{name}")) is not None}
     try:
-        return WorkerPolicy()
+        return WorkerPolicy.model_validate(values)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         field = f"ZPIPE_WORKER_{str(error['loc'][0]).upper()}" if error["loc"] else "ZPIPE_WORKER_*"

@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import posixpath
 import time
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from tasks.config.schema import BrandConfig
 from tasks.content.plan import ImageJob
 from tasks.core.errors import ConfigError, StoreError, ZpipeError
+from tasks.core.settings import env_default, env_name, env_raw
 from tasks.labels.overlay import Box, OverlayPlacement, draw_headline
 from tasks.labels.provenance import load_signing_config
 from tasks.labels.provenance import sign as sign_c2pa
@@ -56,8 +56,8 @@ from tasks.store.spool import Spool, SpoolEntryError
 from zengine import TINY_MODEL_ID, GenerationResult
 
 SIDECAR_SCHEMA = "zpipe.sidecar/1"
-UPLOAD_PATIENCE_S = 60.0  # how long uploads retry: rides out an S3 restart or failover
-PATIENCE_ENV = "ZPIPE_UPLOAD_PATIENCE_S"
+UPLOAD_PATIENCE_S: float = env_default("upload_patience_s")  # rides out an S3 restart or failover
+PATIENCE_ENV = env_name("upload_patience_s")
 MAX_RETRY_DELAY_S = 15.0  # backoff 1, 2, 4, 8, 15, 15, ... s: an S3 back up is seen within 15 s
 
 
@@ -517,7 +517,7 @@ def recover_spool(store: ObjectStore, spool: Spool) -> SpoolRecovery:
 
 def upload_patience_s() -> float:
     """Seconds uploads keep retrying: `$ZPIPE_UPLOAD_PATIENCE_S`, else UPLOAD_PATIENCE_S."""
-    raw = os.environ.get(PATIENCE_ENV, "").strip()
+    raw = (env_raw("upload_patience_s") or "").strip()
     if not raw:
         return UPLOAD_PATIENCE_S
     try:

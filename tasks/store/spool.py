@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.errors import StoreError, ZpipeError
+from tasks.core.settings import env_name, env_raw
 from tasks.store.keys import SIDECAR_SUFFIX
 from tasks.store.objects import TMP_MARK, LocalStore, validate_key
 from zengine.tiny import default_cache_root
 
-SPOOL_ENV = "ZPIPE_SPOOL"
+SPOOL_ENV = env_name("spool")
 RESERVE_BYTES = 16 * 1024 * 1024  # left free: logs and the Prefect database often share the disk
 STALE_AFTER_S = 3600  # an uncommitted file this old belongs to a dead writer, not a live one
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -55,10 +56,10 @@ class SpooledImage:
 
 def default_spool_root() -> Path:
     """`$ZPIPE_SPOOL`, else `$ZPIPE_HOME/spool`, else `<cache>/spool`; always absolute."""
-    if os.environ.get(SPOOL_ENV):
-        return Path(os.environ[SPOOL_ENV]).expanduser().absolute()
-    if os.environ.get("ZPIPE_HOME"):
-        return (Path(os.environ["ZPIPE_HOME"]).expanduser() / "spool").absolute()
+    if spool := env_raw("spool"):
+        return Path(spool).expanduser().absolute()
+    if home := env_raw("home"):
+        return (Path(home).expanduser() / "spool").absolute()
     return (default_cache_root() / "spool").absolute()
 
 
