@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +26,6 @@ from tasks.config.schema import (
 from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
 from tasks.core.progress import ProgressEvent, emit
 from tasks.orchestration.approval import ApprovalOutcome
-from tasks.orchestration.handover import generate_on_worker
 from tasks.orchestration.progress import RunProgress
 from tasks.publish.batch import BatchPublished, PublishFailure, find_missing, upload_retries
 from tasks.publish.contact_sheet import (
@@ -38,7 +35,7 @@ from tasks.publish.contact_sheet import (
 )
 from tasks.steps.approval import apply_decision_task
 from tasks.steps.content import plan_week_task
-from tasks.steps.generation import generate_batch
+from tasks.steps.generation import generate_batches
 from tasks.steps.publish import (
     find_missing_task,
     publish_batch_task,
@@ -54,7 +51,7 @@ from tasks.steps.trends import (
     save_week_trends_task,
 )
 from tasks.store.keys import PENDING
-from tasks.store.objects import S3Store, open_store
+from tasks.store.objects import S3Store, open_store, store_at
 from tasks.store.spool import Spool
 from tasks.trends.archive import load_week_trends
 from tasks.trends.ranking import source_weights
@@ -112,29 +109,6 @@ def _resolve_week(campaign: str, week: str | None, store: str | None, settings: 
 
 def _chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
-
-
-def _generated(batches: list[list[ImageJob]], engine: EngineSettings,
-               on_workers: bool) -> Iterator[tuple[list[ImageJob], list[GenerationResult]]]:
-    """Batches with their images, in order, keeping the GPU fed.
-
-    On resident task workers every batch is handed over at once (N workers take them in
-    parallel). In-process, one batch runs while the next already waits on the engine, so the
-    GPU starts it the moment the current one ends, whatever the flow thread is doing.
-    """
-    if on_workers:
-        futures = [(batch, generate_on_worker.delay(batch, engine)) for batch in batches]
-        for batch, future in futures:
-            yield batch, future.result()
-        return
-    in_flight: deque[tuple[list[ImageJob], PrefectFuture]] = deque()
-    queue = deque(batches)
-    while queue or in_flight:
-        while queue and len(in_flight) < GENERATION_LOOKAHEAD:
-            batch = queue.popleft()
-            in_flight.append((batch, generate_batch.submit(batch, engine)))
-        batch, future = in_flight.popleft()
-        yield batch, future.result()
 
 
 def _run_name() -> str:
@@ -195,8 +169,8 @@ def weekly_campaign(
     # 3. Generate in batches; label and upload each batch while the next one generates
     published: list[tuple[list[ImageJob], PrefectFuture]] = []
     results: dict[str, GenerationResult] = {}
-    for batch, images in _generated(_chunks(todo, engine.max_batch), engine,
-                                    config.generation == "workers"):
+    for batch, images in generate_batches(_chunks(todo, engine.max_batch), engine,
+                                          config.generation == "workers", GENERATION_LOOKAHEAD):
         emit(ProgressEvent("generated", count=len(batch)))
         results.update((job.key, result) for job, result in zip(batch, images, strict=True))
         published.append((batch, publish_batch_task.submit(store, batch, images, bundle.brand,
@@ -221,8 +195,8 @@ def weekly_campaign(
         logger.info("QA: %d image(s) made again with the next seed", len(retries))
         attempts = {retry.job.key: retry.attempts for retry in retries}
         again: list[BatchPublished] = []
-        for batch, images in _generated(_chunks([retry.job for retry in retries], engine.max_batch),
-                                        engine, config.generation == "workers"):
+        for batch, images in generate_batches(_chunks([retry.job for retry in retries], engine.max_batch),
+                                              engine, config.generation == "workers", GENERATION_LOOKAHEAD):
             results.update((job.key, result) for job, result in zip(batch, images, strict=True))
             future = publish_batch_task.submit(store, batch, images, bundle.brand, config.qa,
                                                attempts)
@@ -267,7 +241,7 @@ def weekly_campaign(
 
     # 6. Approval gate: wait for a reviewer, then publish or delete
     if gated:
-        pending_store = open_store(store)  # finished images still waiting for a decision
+        pending_store = store_at(store)  # finished images still waiting for a decision
         pending = [job.key for job in jobs if pending_store.exists(job.sidecar_key)]
         if pending:
             decision = wait_for_review(store, name, week_label, pending,
@@ -294,7 +268,7 @@ def finished_week(campaign: str, week: str | None = None, store: str | None = No
     if bundle.campaign.approval == "required":  # the gate decides, even with every image made
         return None
     name = bundle.campaign.name
-    object_store = open_store(store_url)
+    object_store = store_at(store_url)
     trends = load_week_trends(object_store, name, week_label)
     if trends is None or Spool.for_store(store_url).committed():
         return None
@@ -322,7 +296,7 @@ def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
 
 def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
                        results: dict[str, GenerationResult], sheet: ContactSheet | None) -> None:
-    store = open_store(summary.store)
+    store = store_at(summary.store)
     status = {}
     rows = []
     for job in jobs:
