@@ -15,15 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def zpipe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache dir for the tiny model, shared by the whole test session."""
+def zpipe_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache dir for the tiny model, shared by the whole test session (ZPIPE_CACHE restored after)."""
     path = tmp_path_factory.mktemp("zpipe-cache")
-    os.environ["ZPIPE_CACHE"] = str(path)
-    return path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZPIPE_CACHE", str(path))
+        yield path
 
 
 def _free_port() -> int:
@@ -101,11 +104,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 time.sleep(0.3)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=15)
         log.close()
 
 
@@ -167,9 +166,19 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
             APILogHandler().flush()  # send the last run logs while the server is still up
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=20)
         log.close()
+
+
+SERVER_FIXTURES = {"s3_server", "s3_bucket", "prefect_api", "stack", "killable_s3"}
+SERVER_MODULES = {"test_stack.py", "test_first_run.py", "test_bench_race.py"}  # `zpipe up` in the test
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts real servers (S3, Prefect, the stack): `-m "not servers"` skips them."""
+    for item in items:
+        starts_servers = (SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                          or item.get_closest_marker("s3") is not None
+                          or item.path.name in SERVER_MODULES)
+        if starts_servers:
+            item.add_marker(pytest.mark.servers)

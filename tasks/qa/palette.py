@@ -1,7 +1,7 @@
 """Brand fit: the image's dominant colours against the brand palette, by CIEDE2000 (ΔE00).
 
 ΔE00 is implemented here (vectorised numpy, ~40 lines, Sharma, Wu & Dalal 2005, checked
-against all 34 pairs of their test data in tests/test_qa.py) rather than pulled in with
+against all 34 pairs of their test data in tests/unit/qa/test_qa.py) rather than pulled in with
 scikit-image (~60 MB with SciPy) or colour-science (~20 MB with SciPy) for one formula.
 
 Dominant colours: the image reduced to at most 128 px a side and quantised by median cut

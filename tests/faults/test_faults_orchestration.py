@@ -25,8 +25,9 @@ from tasks.orchestration.handover import GENERATION_TAG, HANDED_OVER, HEARTBEAT,
 from tasks.store.objects import S3Store
 from tests.conftest import _free_port, _wait_http
 from tests.helpers import check_campaign_objects
+from tests.processes import stop_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PREFIX = "zpipe"
 # Short worker timings: a beat a second, a silent worker given up after 6 s.
@@ -55,13 +56,7 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_process(proc, timeout=20)
 
 
 def _one_format_campaign(tmp_path: Path) -> Path:

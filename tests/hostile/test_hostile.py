@@ -33,9 +33,9 @@ from tasks.core.errors import ConfigError, PromptError, StoreError
 from tasks.prompts.templates import PromptTemplate, render_prompt
 from tasks.store.objects import LocalStore
 from tasks.trends.sources import MAX_TITLE_CHARS, TrendSource, ingest
-from tests.test_intake import BRANDS, SECRET, Recorder, serving
+from tests.integration.test_intake import BRANDS, SECRET, Recorder, serving
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET_TEXT = "TOP-SECRET-7f3a-do-not-leak"  # content of a local file that XXE would try to read
 
 

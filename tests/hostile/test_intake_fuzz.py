@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from flows.services.intake import IntakeSettings, create_app
 from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tests.test_intake import BRANDS, SECRET, Recorder, serving
+from tests.integration.test_intake import BRANDS, SECRET, Recorder, serving
 
 FIELDS = ("id", "author", "text", "post_id", "brand")
 REPLAY_SPAN = 290  # distinct timestamps per intake (tolerance 300 s): no request is a replay

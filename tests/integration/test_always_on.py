@@ -1,8 +1,8 @@
 """The always-on system end to end: `zpipe up` with the real processes, a signed comment over
 HTTP becomes a labelled image in S3, deployments carry their schedules, `zpipe down` cleans up.
 
-The stack is started once per test session and shared with tests/test_load.py and
-tests/test_secrets.py (`shared_stack`): it takes about a minute to start on 2 cores. It gets
+The stack is started once per test session and shared with tests/integration/test_load.py and
+tests/integration/test_secrets.py (`shared_stack`): it takes about a minute to start on 2 cores. It gets
 KNOWN random S3 keys and intake secret through the environment, as a user would set them, so
 that the secret scan knows what to look for, and low intake rate limits, so that the load test's
 burst accepts only a few comments (the rest are answered 429).
@@ -31,7 +31,7 @@ from flows.services.intake import post_comment
 from tasks.labels.watermark import read_labels
 from tests.helpers import assert_visible_label
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ZPIPE = str(Path(sys.executable).parent / "zpipe")
 # The intake's limits in the shared stack: a burst of 1,000 comments gets at most this many
 # accepted per minute (each one generates an image); every other comment is answered 429.

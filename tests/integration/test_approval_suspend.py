@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +20,9 @@ import pytest
 
 from tasks.orchestration.approval import review_key
 from tasks.store.objects import LocalStore
+from tests.processes import running
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WEEK = "2026-W48"
 
 pytestmark = pytest.mark.slow
@@ -56,22 +56,12 @@ def served(prefect_api, zpipe_cache, tmp_path_factory) -> Iterator[Path]:
     env.pop("ZPIPE_STORE", None)
     env.pop("ZPIPE_GENERATION", None)
     zpipe = Path(sys.executable).parent / "zpipe"
-    with open(home / "serve.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(zpipe), "serve", "--campaigns", str(configs / "campaigns"),
-             "--brands", str(configs / "brands"), "--settings", str(settings)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait(lambda: _deployment("weekly-campaign/gated-fast") and _deployment(
-                "review-expired/on-review-timeout"), 90, "zpipe serve never registered its deployments",
-                home / "serve.log")
-            yield out
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with running([zpipe, "serve", "--campaigns", configs / "campaigns", "--brands", configs / "brands",
+                  "--settings", settings], log=home / "serve.log", env=env, cwd=REPO, stop_timeout=30):
+        _wait(lambda: _deployment("weekly-campaign/gated-fast") and _deployment(
+            "review-expired/on-review-timeout"), 90, "zpipe serve never registered its deployments",
+            home / "serve.log")
+        yield out
 
 
 def _deployment(name: str) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from zengine.fast import ATTENTION_ORDER
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu.py"
 
 

@@ -22,7 +22,7 @@ from tasks.config.schema import EngineSettings
 from tasks.orchestration.progress import RunProgress
 from tasks.store.spool import Spool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ZPIPE = Path(sys.executable).parent / "zpipe"
 CAMPAIGN = "configs/campaigns/weekly-demo.yaml"
 WEEK = "2026-W48"

@@ -1,7 +1,7 @@
 """Load: a burst of 1,000 signed comments against the running intake, from a second process.
 
 `bench/comment_load.py` runs as a subprocess against the shared `zpipe up` stack (see
-tests/test_always_on.py): many authors, re-sent ids, blocklisted texts, bad signatures and
+tests/integration/test_always_on.py): many authors, re-sent ids, blocklisted texts, bad signatures and
 invalid fields, 32 requests in flight. Every request must get an answer that the intake's
 policy allows for it (none lost, no 5xx, no connection error), and once the reply flows have
 finished every accepted comment has exactly one reply image in S3 and nothing else has one.

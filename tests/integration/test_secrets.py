@@ -1,6 +1,6 @@
 """Secrets: the known S3 keys and intake secret never leak into logs, runs, artifacts or objects.
 
-The shared `zpipe up` stack (tests/test_always_on.py) got random, known secrets through the
+The shared `zpipe up` stack (tests/integration/test_always_on.py) got random, known secrets through the
 environment, as a user sets them: `AWS_ACCESS_KEY_ID` (AKIA + 16), `AWS_SECRET_ACCESS_KEY`
 (40 characters with `/` and `+`), `ZPIPE_INTAKE_SECRET`; SeaweedFS runs with those keys. This
 test runs a campaign (`zpipe run` in the stack's environment) and a comment through it, then

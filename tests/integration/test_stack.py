@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from flows.services import stack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET_VARS = ("ZPIPE_INTAKE_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ZPIPE_HOME")
 NAMES = ["prefect-server", "s3", "worker", "serve", "intake"]
 

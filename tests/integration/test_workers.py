@@ -17,8 +17,9 @@ from flows.campaign import weekly_campaign
 from tasks.config.schema import EngineSettings
 from tasks.store.objects import LocalStore
 from tests.helpers import check_campaign_objects
+from tests.processes import stop_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENGINE = EngineSettings(model="tiny", preview_scale=0.25, max_batch=4)
 
 pytestmark = pytest.mark.slow
@@ -37,11 +38,7 @@ def task_worker(prefect_api, zpipe_cache, tmp_path):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     time.sleep(1)
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc, timeout=20)
     log.close()
 
 

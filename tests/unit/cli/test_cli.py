@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from flows.cli.app import app
 from tasks.labels.watermark import read_labels
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 runner = CliRunner()
 
 

@@ -18,7 +18,7 @@ from tasks.content.plan import brand_fingerprint, plan_week
 from tasks.trends.ranking import load_sensitive_terms, rank_trends, source_weights
 from tasks.trends.sources import ingest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 WEEKLY = REPO / "configs/campaigns/weekly-demo.yaml"
 AB = REPO / "configs/campaigns/ab-demo.yaml"
 runner = CliRunner()

@@ -12,9 +12,9 @@ from tasks.comments.ledger import drawable_keywords, extract_keywords, moderate
 from tasks.comments.moderation import LexiconError, load_lexicon
 from tasks.config.schema import ReplyPolicy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SAFETY = REPO / "configs/safety"
-BENIGN = yaml.safe_load((Path(__file__).parent / "data/benign_comments.yaml").read_text("utf-8"))["comments"]
+BENIGN = yaml.safe_load((REPO / "tests/data/benign_comments.yaml").read_text("utf-8"))["comments"]
 POLICY = ReplyPolicy(max_chars=280, blocklist=["加微信", "代购"])
 
 

@@ -14,7 +14,7 @@ from tasks.content.plan import brand_fingerprint, plan_week
 from tasks.core.errors import ConfigError
 from tasks.trends.sources import Trend
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 ENGINE = EngineSettings(preview_scale=0.25)
 

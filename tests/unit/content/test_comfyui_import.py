@@ -21,7 +21,7 @@ from tasks.content.comfyui import (
 )
 from tasks.prompts.templates import render_prompt
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "tests" / "data" / "comfyui"
 TURBO_UI = DATA / "image_z_image_turbo.json"
 TURBO_API = DATA / "image_z_image_turbo.api.json"

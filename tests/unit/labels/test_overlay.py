@@ -19,7 +19,7 @@ from tasks.publish.batch import label_job, logo_box
 from tests.helpers import assert_visible_label
 from zengine import GenerationResult
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 STYLE = HeadlineStyle()
 
 

@@ -27,7 +27,7 @@ from tasks.labels.watermark import (
 )
 from tasks.store.objects import LocalStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CONTENT_ID = "3f0c2a9b1d4e"
 STRIPPED = "no XMP TC260:AIGC label: the file was stripped of metadata"
 

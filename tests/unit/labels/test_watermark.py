@@ -29,7 +29,7 @@ from tasks.labels.watermark import (
 )
 from tasks.steps.labels import label_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DEMO_LOGO = REPO / "configs" / "brands" / "demo-logo.png"
 TC260_KEYS = ["Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator",
               "PropagateID", "ReservedCode2"]

@@ -23,7 +23,7 @@ from tasks.prompts.templates import (
 )
 from tasks.steps.content import render_prompt_task
 
-LIBRARY = Path(__file__).resolve().parents[1] / "configs" / "prompts" / "library.yaml"
+LIBRARY = Path(__file__).resolve().parents[3] / "configs" / "prompts" / "library.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from tasks.publish.batch import build_sidecar, label_job
 from tasks.trends.sources import Trend
 from tests.helpers import noise_result
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 WEEKLY = CONFIGS / "campaigns/weekly-demo.yaml"
 AB = CONFIGS / "campaigns/ab-demo.yaml"

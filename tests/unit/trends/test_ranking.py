@@ -30,8 +30,8 @@ from tasks.trends.ranking import (
 )
 from tasks.trends.sources import SourceFailure, Trend, TrendReport, TrendSource
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trends"
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trends"
 SENSITIVE = REPO / "configs" / "safety" / "sensitive-terms.txt"
 NOW = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
 

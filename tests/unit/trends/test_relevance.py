@@ -25,7 +25,7 @@ from tasks.trends.ranking import rank_trends
 from tasks.trends.relevance import BrandFit, BrandTopics, TopicCategory, fit_reason, score
 from tasks.trends.sources import Trend
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 WEEKLY = CONFIGS / "campaigns/weekly-demo.yaml"
 NOW = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)

@@ -42,8 +42,8 @@ from tasks.trends.sources import (
     trend_key,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trends"
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "trends"
 HOT_MAPPING = JsonMapping(
     items="data.realtime", title="word", score="num", url="url", published="onboard_time"
 )

@@ -33,7 +33,7 @@ from zengine import (
 )
 from zengine.tiny import TINY_REVISION
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SIDE = 128  # small enough that one image takes ~0.1 s on 2 CPU cores
 
 
