@@ -17,7 +17,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
-from flows.review import wait_for_review
+from flows.review import announce_held, wait_for_review
 from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
 from tasks.config import (
     BilingualText,
@@ -230,12 +230,13 @@ def weekly_campaign(
             again.append(outcomes[id(future)])
         retries = [retry for outcome in again for retry in outcome.retry]
 
-    created, existing, failed, held, causes = [], [], [], [], {}
+    created, existing, failed, held, held_keys, causes = [], [], [], [], [], {}
     qa: dict[str, str] = {}  # key -> the QA gate's decision and score, for the UI table
     for _, future in published:
         outcome = outcomes[id(future)]
         for image in outcome.held:
             held.append(image.key)
+            held_keys.append(image.held_key)
             logger.warning("held by QA: %s under %s: %s", image.key, image.held_key,
                            "; ".join(image.reasons))
         for failure in outcome.failed:
@@ -254,6 +255,7 @@ def weekly_campaign(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
         existing=existing, failed=failed, held=held, qa=qa,
         trend_failures=trend_failures, from_spool=from_spool)
+    announce_held(store, held_keys, f"{name} {week_label}")  # a reviewer's form: review-held-images
 
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
     sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)

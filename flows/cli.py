@@ -266,6 +266,7 @@ def intake(
 
 def _register_subcommands() -> None:
     from flows import stack
+    from flows.held_cli import held_app
     from flows.import_cli import import_app
     from flows.preview import prompts_app
     from flows.trends_cli import trends_app
@@ -279,6 +280,7 @@ def _register_subcommands() -> None:
     app.command("verify")(verify_command)
     app.add_typer(provenance_app, name="provenance", help="C2PA Content Credentials: dev certificates.")
     app.add_typer(import_app, name="import", help="Bring workflows from other tools (ComfyUI).")
+    app.add_typer(held_app, name="held", help="Images the QA gate held: list, release, delete.")
 
 
 _register_subcommands()

@@ -48,7 +48,7 @@ _KEYWORD_POS = ("n", "nr", "ns", "nt", "nz", "nw", "vn", "a", "an", "t", "s", "i
 _MIN_LATIN_KEYWORD = 2  # one letter is not something to draw
 
 CommentId = Annotated[str, Field(pattern=ID_PATTERN, description="the platform's comment id")]
-State = Literal["queued", "running", "done", "failed", "rejected"]
+State = Literal["queued", "running", "done", "held", "failed", "rejected"]  # held: by the QA gate
 
 
 class SignatureError(ZpipeError):
@@ -360,7 +360,8 @@ class CommentLedger:
         """Claim a comment for the reply run `run_id`: (record, True) means this run answers it.
 
         Events can come twice, late or out of order, so exactly one run may answer a comment:
-        - done or rejected: nobody (a late or repeated event);
+        - done, held (the QA gate held its image for a reviewer) or rejected: nobody (a late
+          or repeated event);
         - running under `run_id` itself (a retry of this run): this run;
         - running under another run that `is_running`: that run, not this one;
         - queued, failed, or running under a run that is gone: one of the concurrent callers.
@@ -369,7 +370,7 @@ class CommentLedger:
         if current is None:
             raise LedgerError(f"no comment {comment_id!r} in the ledger at {self.store.describe()}: "
                               "the intake records a comment before it emits its event")
-        if current.state in ("done", "rejected"):
+        if current.state in ("done", "held", "rejected"):
             return current, False
         if current.state == "running" and current.flow_run_id:
             if current.flow_run_id == run_id:

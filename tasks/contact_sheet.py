@@ -435,3 +435,25 @@ def gallery_markdown(cells: list[SheetCell], heading: list[str],
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
+
+
+def held_markdown(held: list[tuple[str, str, list[str], bytes | None]],
+                  link: Callable[[str], str | None] | None = None) -> str:
+    """A reviewer's view of what the QA gate held, for the Prefect UI: one row per image
+    (thumbnail, held key, where a release publishes it, the gate's reasons). `held` holds
+    (held key, public key, reasons, image bytes or None); `link(key)` may add a full-size link."""
+    lines = ["| image | held key | a release publishes to | why it was held |",
+             "|---|---|---|---|"]
+    for key, public_key, reasons, data in held:
+        picture = ""
+        if data is not None:
+            try:
+                picture = f"![held]({data_uri(make_thumbnail(data, GALLERY_THUMB_PX))})"
+            except (UnidentifiedImageError, OSError):
+                picture = "(unreadable image)"
+        url = link(key) if link is not None else None
+        if url:
+            picture += f" [full size]({url})"
+        lines.append(f"| {picture or '—'} | `{key}` | `{public_key}` | "
+                     f"{_md('; '.join(reasons) or 'no reason recorded')} |")
+    return "\n".join(lines)
