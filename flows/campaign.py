@@ -37,6 +37,7 @@ from tasks.contact_sheet import (
 )
 from tasks.errors import StoreError
 from tasks.generate import generate_batch, generate_on_worker
+from tasks.notify import notify_task, redeliver_task
 from tasks.plan import ImageJob, brand_fingerprint, plan_week, plan_week_task
 from tasks.progress import ProgressEvent, RunProgress, emit
 from tasks.publish import (
@@ -159,6 +160,9 @@ def weekly_campaign(
     name = bundle.campaign.name
     gated = bundle.campaign.approval == "required"
 
+    if bundle.brand.webhooks:
+        redeliver_task(store)  # what earlier runs could not deliver goes first, with its own id
+
     # 1. Trends: the week's frozen selection, else stored (hourly) or fresh, ranked and filtered
     trends, trend_failures = load_week_trends_task(store, name, week_label), []
     if trends is None:
@@ -256,6 +260,12 @@ def weekly_campaign(
         existing=existing, failed=failed, held=held, qa=qa,
         trend_failures=trend_failures, from_spool=from_spool)
     announce_held(store, held_keys, f"{name} {week_label}")  # a reviewer's form: review-held-images
+    run_id = str(FlowRunContext.get().flow_run.id)
+    hooks = bundle.brand.webhooks
+    if held_keys and hooks:
+        notify_task(store, hooks, "image.held", f"{run_id}/held",
+                    {"brand": bundle.brand.slug, "campaign": name, "week": week_label, "store": store,
+                     "held": held_keys})
 
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
     sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)
@@ -263,6 +273,13 @@ def weekly_campaign(
     _publish_artifacts(summary, jobs, results, sheet)
     logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
                 len(from_spool), len(existing), len(failed))
+    if hooks:  # the brand's own systems hear that the week is done (or how it fell short)
+        notify_task(store, hooks, "campaign.week_finished", run_id, {
+            "brand": bundle.brand.slug, "campaign": name, "week": week_label, "store": store,
+            "flow_run_id": run_id, "planned": len(jobs), "created": len(created),
+            "already_there": len(existing), "from_spool": len(from_spool), "failed": failed,
+            "held": held_keys, "contact_sheet": summary.contact_sheet,
+            "awaiting_review": gated})
     if failed:
         raise RuntimeError(_failure_message(failed, len(todo), causes, Spool.for_store(store)))
 
@@ -274,7 +291,7 @@ def weekly_campaign(
             decision = wait_for_review(store, name, week_label, pending,
                                        bundle.campaign.approval_timeout_s)
             summary.approval = apply_decision_task(store, pending, decision,
-                                                   str(FlowRunContext.get().flow_run.id))
+                                                   run_id)
             logger.info("review: %s by %s: %d published, %d rejected", summary.approval.reason,
                         summary.approval.reviewer, len(summary.approval.published),
                         len(summary.approval.rejected))

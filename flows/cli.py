@@ -271,6 +271,7 @@ def _register_subcommands() -> None:
     from flows.preview import prompts_app
     from flows.trends_cli import trends_app
     from flows.verify_cli import provenance_app, verify_command
+    from flows.webhooks_cli import webhooks_app
 
     app.command("up")(stack.up_command)
     app.command("status")(stack.status_command)
@@ -281,6 +282,7 @@ def _register_subcommands() -> None:
     app.add_typer(provenance_app, name="provenance", help="C2PA Content Credentials: dev certificates.")
     app.add_typer(import_app, name="import", help="Bring workflows from other tools (ComfyUI).")
     app.add_typer(held_app, name="held", help="Images the QA gate held: list, release, delete.")
+    app.add_typer(webhooks_app, name="webhooks", help="Outbound webhooks: the outbox, redelivery.")
 
 
 _register_subcommands()

@@ -14,6 +14,7 @@ from flows.campaign import resolve_store_url
 from flows.review import announce_held
 from tasks.config import find_brand, load_settings
 from tasks.generate import generate_batch, generate_on_worker
+from tasks.notify import notify_task
 from tasks.publish import HeldByQA, find_missing_task, publish_batch_task
 from tasks.qa import QAAttempt
 from tasks.reply import finish_reply_task, plan_reply_task, start_reply_task
@@ -80,8 +81,16 @@ def comment_reply(comment_id: str, brand: str, brands_dir: str = "configs/brands
         logger.warning("comment %s: the reply was held by QA under %s: %s", comment_id,
                        held[0].held_key, reasons)
         announce_held(store, [held[0].held_key], f"comment {comment_id}")
+        if brand_config.webhooks:
+            notify_task(store, brand_config.webhooks, "image.held", f"comment/{comment_id}",
+                        {"brand": brand, "comment_id": comment_id, "store": store,
+                         "held": [held[0].held_key], "reasons": held[0].reasons})
         finish_reply_task(store, comment_id, held[0].held_key, f"held by QA: {reasons}", held=True)
         return None
     finish_reply_task(store, comment_id, job.key)
     logger.info("comment %s answered with %s", comment_id, job.key)
+    if brand_config.webhooks:
+        notify_task(store, brand_config.webhooks, "comment.replied", f"comment/{comment_id}",
+                    {"brand": brand, "comment_id": comment_id, "post_id": comment.post_id,
+                     "store": store, "image_key": job.key})
     return job.key

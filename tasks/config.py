@@ -27,6 +27,7 @@ from tasks.relevance import BrandFit, BrandTopics, TopicCategory
 from tasks.rules import Rule
 from tasks.trends import SourceFile, TrendSource, load_source
 from tasks.watermark import LabelSpec, LogoSpec, OutputSpec, check_logo
+from tasks.webhooks import WebhookSpec
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FORMATS = ("1:1", "4:5", "3:4", "9:16", "16:9")  # the engine's size presets (zengine.SIZE_PRESETS)
@@ -135,6 +136,9 @@ class BrandConfig(Strict):
         default_factory=dict, description="table -> code -> {zh, en}, e.g. colours.R01")
     headline: HeadlineStyle = Field(default_factory=HeadlineStyle,
                                     description="how headline overlays are typeset")
+    webhooks: list[WebhookSpec] = Field(
+        default_factory=list, description="signed POSTs to the brand's own systems when a week "
+                                          "finishes, an image is held, a comment is answered")
 
     @field_validator("safety", mode="before")
     @classmethod
