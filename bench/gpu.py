@@ -441,28 +441,34 @@ class Bench:
                 run.put(stage, kind="full-size random weights", path=str(target), reused=True)
             else:
                 root.mkdir(parents=True, exist_ok=True)
-                disk = disk_check(root, args.min_disk_mb_s)
-                run.put(stage, kind="full-size random weights", disk=disk)
                 start = time.perf_counter()
-                pipe = build_full_pipeline(self.device)
+                # Kept until the save is done: if the save fails or is interrupted, the later
+                # stages run on this in-memory copy (only the cold start is lost).
+                self.built = build_full_pipeline(self.device)
                 _sync()
                 run.put(stage, build_s=round(time.perf_counter() - start, 2),
-                        parameters={k: sum(p.numel() for p in getattr(pipe, k).parameters())
+                        parameters={k: sum(p.numel() for p in getattr(self.built, k).parameters())
                                     for k in ("transformer", "text_encoder", "vae")})
+                saved_bytes = sum(p.numel() * p.element_size() for p in self.built.transformer.parameters())
+                saved_bytes += sum(p.numel() * p.element_size()
+                                   for name in ("text_encoder", "vae")
+                                   for p in getattr(self.built, name).parameters())
+                disk = disk_check(root, args.min_disk_mb_s, saved_bytes,
+                                  seconds_left=(run.deadline or 0) - time.perf_counter())
+                run.put(stage, disk=disk)
                 if disk["use_disk"]:
                     start = time.perf_counter()
                     staging = Path(tempfile.mkdtemp(prefix=".full-", dir=root))
                     try:
-                        pipe.save_pretrained(staging)
+                        self.built.save_pretrained(staging)
                         staging.rename(target)
                     finally:
                         shutil.rmtree(staging, ignore_errors=True)
                     run.put(stage, save_s=round(time.perf_counter() - start, 2), path=str(target))
                     self.path = target
-                    del pipe
+                    self.built = None
                     _free()
-                else:
-                    self.built = pipe  # cold start is then skipped: nothing to load from disk
+                else:  # cold start is then skipped: nothing to load from disk
                     run.put(stage, kept_in_memory=disk["reason"])
         if self.path is not None:
             run.put(stage, bytes_on_disk=sum(f.stat().st_size for f in self.path.rglob("*")
@@ -479,6 +485,7 @@ class Bench:
         if self.path is None:
             self.pipe = self.built
             self.built = None
+            self.pipe.set_progress_bar_config(disable=True)
             run.put(stage, note="model kept in memory at build (slow disk): no load measured")
             return
         run.put(stage, page_cache=evict_page_cache([self.path], drop_all=not self.tiny))
@@ -654,12 +661,12 @@ class Bench:
         run.put(stage, graphs=_graphs(dynamo_utils))
 
 
-def disk_check(root: Path, min_mb_s: float) -> dict[str, Any]:
-    """Free space and write speed (256 MiB, fsync'd): is saving 20.5 GB worth it here?"""
+def disk_check(root: Path, min_mb_s: float, size: int, seconds_left: float) -> dict[str, Any]:
+    """Free space and write speed (256 MiB, fsync'd): can `size` bytes be saved in time?"""
     free = shutil.disk_usage(root).free
-    if free < 25 * 2**30:
+    if free < size * 1.2:
         return {"free_gib": _gib(free), "use_disk": False,
-                "reason": f"{_gib(free)} GiB free < 25 GiB needed"}
+                "reason": f"{_gib(free)} GiB free < {_gib(size * 1.2)} GiB needed"}
     probe = root / ".write-probe"
     block = os.urandom(2**20)
     start = time.perf_counter()
@@ -670,10 +677,15 @@ def disk_check(root: Path, min_mb_s: float) -> dict[str, Any]:
         os.fsync(f.fileno())
     seconds = time.perf_counter() - start
     probe.unlink()
-    speed = 256 / seconds
-    use = speed >= min_mb_s
-    return {"free_gib": _gib(free), "write_mb_s": round(speed), "use_disk": use,
-            "reason": None if use else f"disk writes {speed:.0f} MB/s < {min_mb_s:.0f} MB/s"}
+    speed = 256 / seconds  # MiB/s
+    estimate = size / 2**20 / speed * 1.5  # + serialization and the copy off the GPU
+    reason = None
+    if speed < min_mb_s:
+        reason = f"disk writes {speed:.0f} MB/s < {min_mb_s:.0f} MB/s"
+    elif estimate > seconds_left:
+        reason = f"saving would take ~{estimate:.0f} s, {seconds_left:.0f} s left in the stage"
+    return {"free_gib": _gib(free), "write_mb_s": round(speed), "save_estimate_s": round(estimate),
+            "use_disk": reason is None, "reason": reason}
 
 
 def sdpa_kernels(device: str, dtype: Any, tiny: bool) -> dict[str, Any]:
