@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from zengine._imports import import_model_libraries
 from zengine.fast import FastPath, FastPathReport, apply_fast_path
 from zengine.lora import LoraSpec
+from zengine.product import ProductPlacement, run_product_pipeline, validate_placement
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
 
@@ -123,6 +124,7 @@ class GenerationRequest:
     steps: int = 8  # Turbo is distilled to 8 steps (= 8 transformer forwards in diffusers 0.42.1)
     guidance_scale: float = 0.0  # Turbo is guidance-distilled: CFG off, negative prompts unused
     loras: tuple[LoraSpec, ...] = ()  # brand style adapters active for this image
+    product: ProductPlacement | None = None  # a real product kept in the scene (zengine.product)
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,7 @@ class TurboEngine:
         self._given_pipe = pipeline
         self._lock = threading.Lock()
         self._loaded_loras: set[str] = set()
+        self._scene_pipes: dict[str, Any] = {}  # zengine.product's pipelines over the same weights
 
     @property
     def loaded(self) -> bool:
@@ -385,6 +388,8 @@ class TurboEngine:
                 f"{MAX_PROMPT_CHARS}-character limit: shorten it by "
                 f"{len(request.prompt) - MAX_PROMPT_CHARS} (it begins {request.prompt[:40]!r})."
             )
+        if request.product is not None:
+            validate_placement(request.product, request.width, request.height)
 
     @staticmethod
     def _validate_tokens(request: GenerationRequest, pipe: ZImagePipeline) -> None:
@@ -437,7 +442,7 @@ class TurboEngine:
             # 3. Group compatible requests and split the groups into batches.
             groups: dict[tuple, list[int]] = {}
             for index, r in enumerate(requests):
-                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale, r.loras),
+                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale, r.loras, r.product),
                                   []).append(index)
             batches = [
                 indices[i : i + self.max_batch]
@@ -552,6 +557,9 @@ class TurboEngine:
         first = chunk[0]
         if self.fault_hook is not None:  # tests only: raises here what a full GPU would
             self.fault_hook(len(chunk))
+        if first.product is not None:  # the scene around the brand's product, its pixels kept
+            return run_product_pipeline(pipe, self._scene_pipes, chunk, self.device,
+                                        progress.callback, MAX_SEQUENCE_LENGTH)
         return pipe(
             prompt=[r.prompt for r in chunk],  # a fresh list: the pipeline rewrites it in place
             width=first.width,
