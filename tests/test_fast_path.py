@@ -167,3 +167,13 @@ def test_engine_takes_an_already_loaded_pipeline(pipe) -> None:
                                                   steps=1)])
     assert engine.pipeline is pipe and engine.load_count == 1
     assert result.png.startswith(b"\x89PNG")
+
+
+def test_an_explicit_backend_stays_with_its_engine(zpipe_cache: Path) -> None:
+    before = _active_backend()
+    engine = TurboEngine(max_batch=2, attention="_native_math")
+    engine.load()
+    backends = {getattr(m.processor, "_attention_backend", None)
+                for m in engine.pipeline.transformer.modules() if hasattr(m, "processor")}
+    assert {getattr(b, "value", b) for b in backends} == {"_native_math"}
+    assert _active_backend() == before  # other diffusers models in the process are unaffected

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zengine._imports import import_model_libraries
-from zengine.fast import FastPath, FastPathReport, apply_fast_path
+from zengine.fast import FastPath, FastPathReport, apply_fast_path, set_attention_backend_here
 from zengine.lora import LoraSpec
 from zengine.product import ProductPlacement, run_product_pipeline, validate_placement
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
@@ -324,8 +324,8 @@ class TurboEngine:
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             pipe.scheduler.config, shift=TURBO_SHIFT
         )
-        if self.attention is not None:
-            pipe.transformer.set_attention_backend(self.attention)
+        if self.attention is not None:  # this transformer only, not the process default
+            set_attention_backend_here(pipe.transformer, self.attention)
         pipe.set_progress_bar_config(disable=True)  # progress goes to on_step instead
         pipe.to(self.device)
         load_s = time.perf_counter() - start

@@ -182,6 +182,21 @@ def batched_vs_solo_errors(transformer: ZImageTransformer2DModel) -> list[float 
     return [relative_error(batched[i], probe_forward(transformer, (i,))[0]) for i in (0, 1)]
 
 
+def set_attention_backend_here(transformer: ZImageTransformer2DModel, name: str) -> None:
+    """`transformer.set_attention_backend(name)` without changing diffusers' process-wide default.
+
+    diffusers' call also makes `name` the default of every other diffusers model in the process
+    (and what `reset_attention_backend` falls back to); that default is put back.
+    """
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    process_default = _AttentionBackendRegistry._active_backend
+    try:
+        transformer.set_attention_backend(name)
+    finally:
+        _AttentionBackendRegistry.set_active_backend(process_default)
+
+
 def choose_attention(transformer: ZImageTransformer2DModel, order: tuple[str, ...],
                      batched: bool, report: FastPathReport) -> None:
     """Set the first backend in `order` that runs and passes the batched-vs-solo check.
