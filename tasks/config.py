@@ -18,8 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tasks.catalogue import CatalogueSource
 from tasks.errors import ConfigError, LabelError
 from tasks.overlay import HeadlineStyle
+from tasks.product import ProductSpec, resolve_product_spec
 from tasks.prompts import BilingualText, PromptLibrary, PromptTemplate
 from tasks.qa.settings import QASettings
 from tasks.ranking import SafetyPolicy
@@ -139,6 +141,9 @@ class BrandConfig(Strict):
     webhooks: list[WebhookSpec] = Field(
         default_factory=list, description="signed POSTs to the brand's own systems when a week "
                                           "finishes, an image is held, a comment is answered")
+    product: ProductSpec | None = Field(
+        default=None, description="the real product kept in every image (tasks/product.py): "
+                                  "default cutout, layout per format")
 
     @field_validator("safety", mode="before")
     @classmethod
@@ -285,6 +290,8 @@ class CampaignConfig(Strict):
     schedule: Schedule | None = Field(default=None, description="run by itself (zpipe serve)")
     approval: Literal["none", "required"] = "none"
     approval_timeout_s: int = Field(default=86400, ge=10, description="unanswered -> rejected")
+    catalogue: CatalogueSource | None = Field(
+        default=None, description="one image per SKU x format x variant (tasks/catalogue.py)")
 
     @field_validator("formats")
     @classmethod
@@ -607,7 +614,29 @@ def load_campaign(path: str | Path) -> CampaignBundle:
         terms = str(terms_path)
     trends = campaign.trends.model_copy(update={"sources": sources, "sensitive_terms": terms})
     campaign = campaign.model_copy(update={"trends": trends})
+    if campaign.catalogue is not None:
+        campaign = campaign.model_copy(update={"catalogue": _resolve_catalogue(path, campaign.catalogue)})
     return CampaignBundle(path=path, campaign=campaign, brand=brand, library=library)
+
+
+def _resolve_catalogue(path: Path, catalogue: CatalogueSource) -> CatalogueSource:
+    """The catalogue's file and image folder resolved against the campaign file."""
+    base = path.parent
+    updates: dict[str, str] = {}
+    if not catalogue.is_http:
+        local = _resolve(base, catalogue.url)
+        if not local.is_file():
+            raise ConfigError(str(path), "catalogue.url", "catalogue file not found", catalogue.url)
+        updates["url"] = str(local)
+    if catalogue.images is not None:
+        images = _resolve(base, catalogue.images)
+        if not images.is_dir():
+            raise ConfigError(str(path), "catalogue.images", "image folder not found",
+                              catalogue.images)
+        updates["images"] = str(images)
+    elif catalogue.is_http:
+        updates["images"] = str(base)  # an HTTP catalogue's image paths: the campaign's folder
+    return catalogue.model_copy(update=updates)
 
 
 def _check_references(path: Path, campaign: CampaignConfig, brand: BrandConfig,
@@ -699,6 +728,8 @@ def load_brand(path: str | Path) -> BrandConfig:
                               lora.path)
         loras.append(lora.model_copy(update={"path": str(lora_path)}))
     brand = brand.model_copy(update={"loras": loras})
+    if brand.product is not None:
+        brand = brand.model_copy(update={"product": resolve_product_spec(path, brand.product)})
     prompts_path = _resolve(path.parent, brand.replies.prompts)
     if not prompts_path.is_file():
         raise ConfigError(str(path), "replies.prompts", "prompt library not found",

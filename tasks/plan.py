@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.calendar import festivals_on
+from tasks.catalogue import Catalogue, CatalogueProblem, Sku, read_catalogue
 from tasks.config import (
     COLOUR_TABLE,
     STANDARD_AXES,
@@ -38,6 +39,7 @@ from tasks.config import (
     DayTheme,
     EngineSettings,
 )
+from tasks.product import ProductRef, product_ref
 from tasks.prompts import RenderedPrompt, copy_variable, render_prompt
 from tasks.rules import Slot, apply_rules, trend_tags
 from tasks.trends import Trend
@@ -82,14 +84,21 @@ class ImageJob(BaseModel):
     overlay_lines: list[str] = Field(default_factory=list)  # typeset by tasks.overlay
     loras: list[tuple[str, float]] = Field(default_factory=list)  # brand style: (path, weight)
     trend_note: str | None = None  # why the image has no trend (it follows the day's theme)
+    sku: str | None = None  # the catalogue row's SKU id (tasks.catalogue)
+    product: ProductRef | None = None  # the real product kept in the picture (tasks.product)
 
     @property
     def sidecar_key(self) -> str:
         return f"{self.key}.json"
 
     @property
+    def row(self) -> str:
+        """The contact sheet's row: the day, or the day and SKU of a catalogue image."""
+        return self.weekday if self.sku is None else f"{self.weekday} {self.sku}"
+
+    @property
     def label(self) -> str:
-        return f"{self.weekday} {self.format} v{self.variant}"
+        return f"{self.row} {self.format} v{self.variant}"
 
 
 def model_identity(engine: EngineSettings) -> tuple[str, str]:
@@ -117,6 +126,7 @@ class WeekPlan(BaseModel):
 
     jobs: list[ImageJob]
     skipped: list[SkippedSlot] = Field(default_factory=list)
+    catalogue_problems: list[CatalogueProblem] = Field(default_factory=list)  # rows left out
 
 
 def _content_id(fields: dict) -> str:
@@ -133,10 +143,11 @@ def plan_week(
     brand_fingerprint: str,
     key_prefix: str = "",
     trend_note: str | None = None,
+    catalogue: Catalogue | None = None,
 ) -> list[ImageJob]:
     """Render every prompt of the week and fix each image's seed, size and key."""
     return plan_week_slots(bundle, week, monday, trends, engine, brand_fingerprint, key_prefix,
-                           trend_note).jobs
+                           trend_note, catalogue).jobs
 
 
 def no_trend_note(brand: BrandConfig) -> str:
@@ -159,12 +170,28 @@ def brand_variables(brand: BrandConfig) -> dict[str, Any]:
     }
 
 
-def _theme_variable(theme: DayTheme, brand: BrandConfig) -> dict[str, Any]:
+def _theme_variable(theme: DayTheme, brand: BrandConfig, sku: Sku | None = None) -> dict[str, Any]:
     colour = None
-    if theme.colour is not None:  # the loader checked the code is in the table
+    if sku is not None and sku.colour is not None:  # a catalogue row's colour wins
+        colour = sku.as_variable()["colour"]
+    elif theme.colour is not None:  # the loader checked the code is in the table
         colour = {"code": theme.colour,
                   **brand.mappings[COLOUR_TABLE][theme.colour].model_dump()}
     return {"zh": theme.zh, "en": theme.en, "colour": colour}
+
+
+def _product_for(brand: BrandConfig, sku: Sku | None, fmt: str,
+                 size: tuple[int, int]) -> ProductRef | None:
+    """The product placed in one image: the SKU's cutout, else the brand's, else none."""
+    spec = brand.product
+    image, mask, declared = (sku.image, sku.mask, sku.declared_image) if sku else (None, None, None)
+    if image is None and spec is not None and spec.image is not None:
+        image, mask, declared = spec.image, spec.mask, spec.image
+    if image is None:
+        return None
+    from tasks.product import ProductSpec
+
+    return product_ref(spec or ProductSpec(), image, mask, declared or image, fmt, size)
 
 
 def _trend_variable(trend: Trend | None) -> dict[str, Any] | None:
@@ -183,18 +210,23 @@ def plan_week_slots(
     brand_fingerprint: str,
     key_prefix: str = "",
     trend_note: str | None = None,
+    catalogue: Catalogue | None = None,
 ) -> WeekPlan:
     """Plan the week: one job per day x format x variant that no rule skipped.
 
     `trend_note` says why there is no trend (e.g. the ranking's reasons); without trends and
-    without a note, `no_trend_note` is recorded on every job.
+    without a note, `no_trend_note` is recorded on every job. A campaign with a catalogue makes
+    one job per SKU x format x variant on the SKU's day instead (`catalogue`: as read already,
+    else read here); its bad rows are `catalogue_problems`.
     """
     campaign, brand, library = bundle.campaign, bundle.brand, bundle.library
+    if catalogue is None and campaign.catalogue is not None:
+        catalogue = read_catalogue(bundle)
     model_id, revision = model_identity(engine)
     languages = ("zh", "en") if campaign.language == "bilingual" else (campaign.language,)
     mapping = {table: {code: text.model_dump() for code, text in codes.items()}
                for table, codes in brand.mappings.items()}
-    plan = WeekPlan(jobs=[])
+    plan = WeekPlan(jobs=[], catalogue_problems=catalogue.problems if catalogue else [])
     for index, weekday in enumerate(WEEKDAYS):
         theme = campaign.days.get(weekday)
         if theme is None:
@@ -204,8 +236,13 @@ def plan_week_slots(
         festivals = festivals_on(day)
         trend = trends[index % len(trends)] if trends else None
         note = None if trend is not None else (trend_note or no_trend_note(brand))
-        for fmt in campaign.formats:
+        # a catalogue's SKUs posted this day (by id, never by row: keys survive reordering)
+        entries: list[Sku | None] = ([None] if catalogue is None else
+                                     sorted((s for s in catalogue.skus if s.day == weekday),
+                                            key=lambda s: s.id))
+        for sku, fmt in ((sku, fmt) for sku in entries for fmt in campaign.formats):
             width, height = size_for(fmt, engine.preview_scale)
+            product = _product_for(brand, sku, fmt, (width, height))
             for variant in range(1, campaign.variants.count + 1):
                 # 2. Rules
                 slot = Slot(day=day, weekday=weekday, format=fmt, variant=variant,
@@ -219,14 +256,16 @@ def plan_week_slots(
 
                 # 3. Variant axes and copy
                 axes = campaign.variants.axes_for(variant)
-                copy = copy_variable(outcome.copy_text or axes.get("copy") or theme.copy_text,
-                                     template)
+                sku_copy = sku.copy_text if sku else None
+                copy = copy_variable(outcome.copy_text or axes.get("copy") or sku_copy
+                                     or theme.copy_text, template)
                 overlay = [copy[lang] for lang in languages
                            if copy and template.headline_overlay and copy[lang]]
 
                 # 4. Render
                 variables = {
-                    "theme": _theme_variable(theme, brand),
+                    "theme": _theme_variable(theme, brand, sku),
+                    "sku": sku.as_variable() if sku else None,
                     "brand": brand_variables(brand),
                     "day": {"weekday": weekday, "date": day.isoformat(),
                             "weekday_zh": WEEKDAY_ZH[weekday], "weekday_en": WEEKDAY_EN[weekday]},
@@ -242,7 +281,8 @@ def plan_week_slots(
                     "mapping": mapping,
                 }
                 prompt = render_prompt(template, variables, campaign.language, outcome.additions)
-                seed = derive_seed(campaign.name, day.isoformat(), fmt, variant)
+                seed = (derive_seed(campaign.name, day.isoformat(), fmt, variant) if sku is None
+                        else derive_seed(campaign.name, day.isoformat(), "sku", sku.id, fmt, variant))
                 fields = {
                     "prompt": prompt.text, "template": prompt.template, "version": prompt.version,
                     "seed": seed, "size": [width, height], "steps": TURBO_STEPS,
@@ -251,9 +291,17 @@ def plan_week_slots(
                 }
                 if overlay:  # only then: keys of images without an overlay stay as they were
                     fields["overlay"] = {"lines": overlay, "style": brand.headline.model_dump()}
+                if sku is not None:
+                    fields["sku"] = sku.id
+                if product is not None:  # the product's bytes and box, never its path
+                    fields["product"] = {"sha256": product.sha256, "mask": product.mask_sha256,
+                                         "box": list(product.box)}
                 content_id = _content_id(fields)
+                slot_name = f"{fmt.replace(':', 'x')}-v{variant}"
+                if sku is not None:
+                    slot_name = f"{sku.id}-{slot_name}"
                 key = (f"{key_prefix}{brand.slug}/{campaign.name}/{week}/{weekday}/"
-                       f"{fmt.replace(':', 'x')}-v{variant}-{content_id}.{campaign.output.ext}")
+                       f"{slot_name}-{content_id}.{campaign.output.ext}")
                 plan.jobs.append(ImageJob(
                     brand=brand.slug, campaign=campaign.name, week=week, weekday=weekday,
                     date=day, format=fmt, variant=variant, width=width, height=height,
@@ -264,6 +312,7 @@ def plan_week_slots(
                     variant_axes={name: value.model_dump() for name, value in axes.items()},
                     copy_text=copy, overlay_lines=overlay,
                     loras=[(lora.path, lora.weight) for lora in brand.loras], trend_note=note,
+                    sku=sku.id if sku else None, product=product,
                 ))
     return plan
 
@@ -278,7 +327,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
     brand = bundle.brand
     exclude: dict[str, Any] = {"logo": True, "fragments": True, "mappings": True, "headline": True,
                                "replies": True, "label": {"font"}, "safety": True, "loras": True,
-                               "topics": True}  # trend choice acts through the prompt
+                               "topics": True,  # trend choice acts through the prompt
+                               "product": True}  # through each job's content id (bytes + box)
     digest = hashlib.sha256(brand.model_dump_json(exclude=exclude).encode())
     for lora in brand.loras:  # adapters change the pixels: their bytes and weights count
         digest.update(f"lora:{lora.weight}".encode())
@@ -298,8 +348,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
 @task(name="plan-week", cache_policy=NO_CACHE)
 def plan_week_task(
     bundle: CampaignBundle, week: str, monday: date, trends: list[Trend], engine: EngineSettings,
-    key_prefix: str = "", trend_note: str | None = None,
+    key_prefix: str = "", trend_note: str | None = None, catalogue: Catalogue | None = None,
 ) -> list[ImageJob]:
     """Render the week's prompts into image jobs (templating stage)."""
     return plan_week(bundle, week, monday, trends, engine, brand_fingerprint(bundle), key_prefix,
-                     trend_note)
+                     trend_note, catalogue)
