@@ -271,6 +271,11 @@ def check_k8s(docs: dict[Path, list[Any]]) -> list[str]:
         for ref in _walk(obj, "persistentVolumeClaim"):
             if ref.get("claimName") not in by_kind.get("PersistentVolumeClaim", {}):
                 problems.append(f"{label}: no PersistentVolumeClaim {ref.get('claimName')!r}")
+    server = by_kind.get("Deployment", {}).get("prefect-server")
+    if server and int(server["spec"].get("replicas", 1)) != 1:
+        problems.append(f"infra/k8s/prefect-server.yaml: replicas {server['spec']['replicas']}: task "
+                        "workers' `.delay()` queue lives in one API process's memory (PrefectHQ/prefect "
+                        "#21218): serve task-worker traffic from exactly one API replica")
     gpu = by_kind.get("Deployment", {}).get("zpipe-gpu-worker")
     if gpu:
         args = gpu["spec"]["template"]["spec"]["containers"][0].get("args", [])
