@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.review import announce_held, wait_for_review
 from tasks.approval import PENDING, ApprovalOutcome, apply_decision_task
+from tasks.catalogue import read_catalogue, read_catalogue_task
 from tasks.config import (
     BilingualText,
     CampaignBundle,
@@ -84,6 +85,7 @@ class CampaignSummary(BaseModel):
     held: list[str] = []  # kept off the public prefix by the QA gate (under held/)
     qa: dict[str, str] = {}  # key -> the QA gate's decision (score) for this run's images
     approval: ApprovalOutcome | None = None
+    catalogue_problems: list[str] = []  # catalogue rows left out (row, column, value, fix)
 
 
 def resolve_store_url(url: str, base: Path | None = None) -> str:
@@ -180,9 +182,15 @@ def weekly_campaign(
         save_week_trends_task(store, name, week_label, trends)
         record_trends_task(store, bundle.brand.slug, trends)
 
-    # 2. Template: one job per day x format x variant, keys fixed up front; images an earlier
-    #    run left in the local spool are uploaded first, so they count as done, never remade
-    jobs = plan_week_task(bundle, week_label, monday, trends, engine, PENDING if gated else "")
+    # 2. Template: one job per day (or catalogue SKU) x format x variant, keys fixed up front;
+    #    images an earlier run left in the local spool are uploaded first, so they count as
+    #    done, never remade. A bad catalogue row is reported; the other rows still run.
+    catalogue = read_catalogue_task(bundle) if bundle.campaign.catalogue else None
+    catalogue_problems = [str(problem) for problem in catalogue.problems] if catalogue else []
+    for problem in catalogue_problems:
+        logger.error("catalogue row left out: %s", problem)
+    jobs = plan_week_task(bundle, week_label, monday, trends, engine, PENDING if gated else "",
+                          catalogue=catalogue)
     retries = upload_retries()  # rides out a short S3 outage (ZPIPE_UPLOAD_PATIENCE_S)
     recovered = recover_spool_task.with_options(**retries)(store)
     from_spool = [job.key for job in jobs if job.key in recovered.uploaded]
@@ -258,7 +266,8 @@ def weekly_campaign(
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
         existing=existing, failed=failed, held=held, qa=qa,
-        trend_failures=trend_failures, from_spool=from_spool)
+        trend_failures=trend_failures, from_spool=from_spool,
+        catalogue_problems=catalogue_problems)
     announce_held(store, held_keys, f"{name} {week_label}")  # a reviewer's form: review-held-images
     run_id = str(FlowRunContext.get().flow_run.id)
     hooks = bundle.brand.webhooks
@@ -316,13 +325,16 @@ def finished_week(campaign: str, week: str | None = None, store: str | None = No
     trends = load_week_trends(object_store, name, week_label)
     if trends is None or Spool.for_store(store_url).committed():
         return None
-    jobs = plan_week(bundle, week_label, monday, trends, engine, brand_fingerprint(bundle))
+    catalogue = read_catalogue(bundle)
+    jobs = plan_week(bundle, week_label, monday, trends, engine, brand_fingerprint(bundle),
+                     catalogue=catalogue)
     sheet = sheet_key(jobs[0].brand, jobs[0].campaign, jobs[0].week) if jobs else None
     if find_missing(object_store, jobs) or (sheet and not object_store.exists(sheet)):
         return None
     return CampaignSummary(campaign=name, week=week_label, store=store_url, planned=len(jobs),
                            created=[], existing=[job.key for job in jobs], failed=[],
-                           trend_failures=[], contact_sheet=sheet)
+                           trend_failures=[], contact_sheet=sheet,
+                           catalogue_problems=[str(p) for p in catalogue.problems] if catalogue else [])
 
 
 def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
@@ -399,6 +411,9 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
                     else f"{status[cell.job.key]} · {cell.status}" for cell in sheet.cells}
         lines.append(gallery_markdown(sheet.cells, [], link, captions))
         lines.append("")
+    if summary.catalogue_problems:
+        lines += ["Catalogue rows left out (fix them and rerun: the other rows' images are kept):",
+                  *[f"- {p}" for p in summary.catalogue_problems], ""]
     if summary.trend_failures:
         lines += ["Trend sources skipped:", *[f"- {f}" for f in summary.trend_failures]]
     create_markdown_artifact(key=f"{slug}-gallery", markdown="\n".join(lines),

@@ -168,6 +168,8 @@ def _print_summary(summary: CampaignSummary, started: float, note: str = "") -> 
     console.print(table)
     for failure in summary.trend_failures:
         err.print(f"[yellow]trend source skipped:[/] {failure}", highlight=False)
+    for problem in summary.catalogue_problems:
+        err.print(f"[yellow]catalogue row left out:[/] {problem}", highlight=False)
     console.print(f"{summary.planned} images in {time.perf_counter() - started:.1f} s"
                   + (f" ({note})" if note else ""), highlight=False)
     store = open_store(summary.store)
