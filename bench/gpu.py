@@ -425,15 +425,23 @@ class Bench:
         import torch
 
         from zengine.fullsize import FULL_REVISION, build_full_pipeline
-        from zengine.tiny import ensure_tiny_model
+        from zengine.tiny import default_cache_root, ensure_tiny_model
 
         stage, run, args = "build", self.run, self.args
-        root = Path(args.model_dir or tempfile.mkdtemp(prefix="zpipe-bench-models-"))
+        # Default: the tiny model in zpipe's cache (reused), the 20.5 GB one under /tmp.
+        root = Path(args.model_dir or (default_cache_root() if self.tiny else "/tmp/zpipe-models"))
         if self.tiny:
             start = time.perf_counter()
             self.path = ensure_tiny_model(root)
             run.put(stage, kind="tiny", path=str(self.path),
                     build_and_save_s=round(time.perf_counter() - start, 2))
+            # The full-size recipe against the installed libraries, on the meta device (no
+            # memory): the configs the GPU run builds are accepted, the sizes are the real ones.
+            with _quiet_diffusers():
+                full = build_full_pipeline("meta")
+            run.put(stage, full_size_on_meta={k: sum(p.numel() for p in getattr(full, k).parameters())
+                                              for k in ("transformer", "text_encoder", "vae")})
+            del full
         else:
             target = root / FULL_REVISION
             if (target / "model_index.json").is_file():
@@ -444,7 +452,8 @@ class Bench:
                 start = time.perf_counter()
                 # Kept until the save is done: if the save fails or is interrupted, the later
                 # stages run on this in-memory copy (only the cold start is lost).
-                self.built = build_full_pipeline(self.device)
+                with _quiet_diffusers():
+                    self.built = build_full_pipeline(self.device)
                 _sync()
                 run.put(stage, build_s=round(time.perf_counter() - start, 2),
                         parameters={k: sum(p.numel() for p in getattr(self.built, k).parameters())
@@ -760,6 +769,19 @@ def vae_ab(pipe: Any, latents: Any, device: str, dtype: Any, run: Run) -> dict[s
     return result
 
 
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers warns about casting with `.to(dtype)` once per model built: not news here."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def _graphs(dynamo_utils: Any) -> int:
     return int(dynamo_utils.counters["stats"].get("unique_graphs", 0))
 
@@ -852,7 +874,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny model on the CPU (CUDA-only stages are skipped, with the reason)")
     parser.add_argument("--out", type=Path, help="write the JSON results here (rewritten atomically)")
     parser.add_argument("--model-dir", type=Path,
-                        help="where the model is saved once (default: a new temporary directory)")
+                        help="where the model is saved once (default: $ZPIPE_CACHE for tiny, "
+                        "/tmp/zpipe-models for the full size)")
     parser.add_argument("--size", type=int, help="image side (default 1024; tiny 128)")
     parser.add_argument("--steps", type=int, help="denoising steps (default 8; tiny 2)")
     parser.add_argument("--repeats", type=int, help="timed batch-1 runs (default 5; tiny 2)")

@@ -58,6 +58,9 @@ def test_tiny_run_goes_through_every_stage_and_prints_the_table_last(
     assert versions["sdpa"]["no_mask"]["backends"]["MATH"] == "ok"
 
     assert stages["build"]["bytes_on_disk"] > 0
+    # The full-size recipe, built on the meta device: Z-Image-Turbo's real sizes.
+    full = stages["build"]["full_size_on_meta"]
+    assert round(full["transformer"] / 1e9, 2) == 6.15 and round(full["text_encoder"] / 1e9, 2) == 4.02
     cold = stages["cold_start"]
     assert cold["page_cache"]["files"] > 0 and cold["page_cache"]["drop_caches"].startswith("not tried")
     assert cold["first_image_s"] > 0 and cold["total_s"] >= cold["load_to_first_image_s"]
