@@ -209,10 +209,10 @@ def test_bad_declarations_name_the_field():
 
 
 def test_a_brand_yaml_declares_its_webhooks(tmp_path):
+    import shutil
+
     from tasks.config import load_config
     from tasks.errors import ConfigError
-
-    import shutil
 
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     text = (REPO / "configs/brands/demo.yaml").read_text(encoding="utf-8")
