@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from flows.services.intake import load_brands
-from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tasks.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 ZPIPE = str(Path(sys.executable).parent / "zpipe")
 WRONG_SECRET = b"not-the-intake-secret-0123456789"  # signs the bad-signature requests

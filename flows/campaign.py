@@ -14,7 +14,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict
 
-from flows.review import wait_for_review
+from flows.review import announce_held, wait_for_review
 from tasks.config.schema import (
     CampaignBundle,
     EngineSettings,
@@ -23,6 +23,7 @@ from tasks.config.schema import (
     load_settings,
     parse_week,
 )
+from tasks.content.catalogue import read_catalogue
 from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
 from tasks.core.progress import ProgressEvent, emit
 from tasks.orchestration.approval import ApprovalOutcome
@@ -34,8 +35,9 @@ from tasks.publish.contact_sheet import (
     sheet_key,
 )
 from tasks.steps.approval import apply_decision_task
-from tasks.steps.content import plan_week_task
+from tasks.steps.content import plan_week_task, read_catalogue_task
 from tasks.steps.generation import generate_batches
+from tasks.steps.notify import notify_task, redeliver_task
 from tasks.steps.publish import (
     find_missing_task,
     publish_batch_task,
@@ -81,6 +83,7 @@ class CampaignSummary(BaseModel):
     held: list[str] = []  # kept off the public prefix by the QA gate (under held/)
     qa: dict[str, str] = {}  # key -> the QA gate's decision (score) for this run's images
     approval: ApprovalOutcome | None = None
+    catalogue_problems: list[str] = []  # catalogue rows left out (row, column, value, fix)
 
 
 def resolve_store_url(url: str, base: Path | None = None) -> str:
@@ -134,6 +137,9 @@ def weekly_campaign(
     name = bundle.campaign.name
     gated = bundle.campaign.approval == "required"
 
+    if bundle.brand.webhooks:
+        redeliver_task(store)  # what earlier runs could not deliver goes first, with its own id
+
     # 1. Trends: the week's frozen selection, else stored (hourly) or fresh, ranked and filtered
     trends, trend_failures = load_week_trends_task(store, name, week_label), []
     if trends is None:
@@ -151,9 +157,15 @@ def weekly_campaign(
         save_week_trends_task(store, name, week_label, trends)
         record_trends_task(store, bundle.brand.slug, trends)
 
-    # 2. Template: one job per day x format x variant, keys fixed up front; images an earlier
-    #    run left in the local spool are uploaded first, so they count as done, never remade
-    jobs = plan_week_task(bundle, week_label, monday, trends, engine, PENDING if gated else "")
+    # 2. Template: one job per day (or catalogue SKU) x format x variant, keys fixed up front;
+    #    images an earlier run left in the local spool are uploaded first, so they count as
+    #    done, never remade. A bad catalogue row is reported; the other rows still run.
+    catalogue = read_catalogue_task(bundle) if bundle.campaign.catalogue else None
+    catalogue_problems = [str(problem) for problem in catalogue.problems] if catalogue else []
+    for problem in catalogue_problems:
+        logger.error("catalogue row left out: %s", problem)
+    jobs = plan_week_task(bundle, week_label, monday, trends, engine, PENDING if gated else "",
+                          catalogue=catalogue)
     retries = upload_retries()  # rides out a short S3 outage (ZPIPE_UPLOAD_PATIENCE_S)
     recovered = recover_spool_task.with_options(**retries)(store)
     from_spool = [job.key for job in jobs if job.key in recovered.uploaded]
@@ -205,12 +217,13 @@ def weekly_campaign(
             again.append(outcomes[id(future)])
         retries = [retry for outcome in again for retry in outcome.retry]
 
-    created, existing, failed, held, causes = [], [], [], [], {}
+    created, existing, failed, held, held_keys, causes = [], [], [], [], [], {}
     qa: dict[str, str] = {}  # key -> the QA gate's decision and score, for the UI table
     for _, future in published:
         outcome = outcomes[id(future)]
         for image in outcome.held:
             held.append(image.key)
+            held_keys.append(image.held_key)
             logger.warning("held by QA: %s under %s: %s", image.key, image.held_key,
                            "; ".join(image.reasons))
         for failure in outcome.failed:
@@ -228,7 +241,15 @@ def weekly_campaign(
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
         existing=existing, failed=failed, held=held, qa=qa,
-        trend_failures=trend_failures, from_spool=from_spool)
+        trend_failures=trend_failures, from_spool=from_spool,
+        catalogue_problems=catalogue_problems)
+    announce_held(store, held_keys, f"{name} {week_label}")  # a reviewer's form: review-held-images
+    run_id = str(FlowRunContext.get().flow_run.id)
+    hooks = bundle.brand.webhooks
+    if held_keys and hooks:
+        notify_task(store, hooks, "image.held", f"{run_id}/held",
+                    {"brand": bundle.brand.slug, "campaign": name, "week": week_label, "store": store,
+                     "held": held_keys})
 
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
     sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)
@@ -236,6 +257,13 @@ def weekly_campaign(
     _publish_artifacts(summary, jobs, results, sheet)
     logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
                 len(from_spool), len(existing), len(failed))
+    if hooks:  # the brand's own systems hear that the week is done (or how it fell short)
+        notify_task(store, hooks, "campaign.week_finished", run_id, {
+            "brand": bundle.brand.slug, "campaign": name, "week": week_label, "store": store,
+            "flow_run_id": run_id, "planned": len(jobs), "created": len(created),
+            "already_there": len(existing), "from_spool": len(from_spool), "failed": failed,
+            "held": held_keys, "contact_sheet": summary.contact_sheet,
+            "awaiting_review": gated})
     if failed:
         raise RuntimeError(_failure_message(failed, len(todo), causes, Spool.for_store(store)))
 
@@ -247,7 +275,7 @@ def weekly_campaign(
             decision = wait_for_review(store, name, week_label, pending,
                                        bundle.campaign.approval_timeout_s)
             summary.approval = apply_decision_task(store, pending, decision,
-                                                   str(FlowRunContext.get().flow_run.id))
+                                                   run_id)
             logger.info("review: %s by %s: %d published, %d rejected", summary.approval.reason,
                         summary.approval.reviewer, len(summary.approval.published),
                         len(summary.approval.rejected))
@@ -272,13 +300,16 @@ def finished_week(campaign: str, week: str | None = None, store: str | None = No
     trends = load_week_trends(object_store, name, week_label)
     if trends is None or Spool.for_store(store_url).committed():
         return None
-    jobs = plan_week(bundle, week_label, monday, trends, engine, brand_fingerprint(bundle))
+    catalogue = read_catalogue(bundle)
+    jobs = plan_week(bundle, week_label, monday, trends, engine, brand_fingerprint(bundle),
+                     catalogue=catalogue)
     sheet = sheet_key(jobs[0].brand, jobs[0].campaign, jobs[0].week) if jobs else None
     if find_missing(object_store, jobs) or (sheet and not object_store.exists(sheet)):
         return None
     return CampaignSummary(campaign=name, week=week_label, store=store_url, planned=len(jobs),
                            created=[], existing=[job.key for job in jobs], failed=[],
-                           trend_failures=[], contact_sheet=sheet)
+                           trend_failures=[], contact_sheet=sheet,
+                           catalogue_problems=[str(p) for p in catalogue.problems] if catalogue else [])
 
 
 def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
@@ -333,6 +364,9 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
                     else f"{status[cell.job.key]} · {cell.status}" for cell in sheet.cells}
         lines.append(gallery_markdown(sheet.cells, [], link, captions))
         lines.append("")
+    if summary.catalogue_problems:
+        lines += ["Catalogue rows left out (fix them and rerun: the other rows' images are kept):",
+                  *[f"- {p}" for p in summary.catalogue_problems], ""]
     if summary.trend_failures:
         lines += ["Trend sources skipped:", *[f"- {f}" for f in summary.trend_failures]]
     create_markdown_artifact(key=f"{slug}-gallery", markdown="\n".join(lines),

@@ -3,7 +3,8 @@
 - one `weekly-campaign` deployment per campaign that has a `schedule:` (cron + timezone);
 - one hourly `ingest-trends` deployment per campaign with trend sources;
 - `comment-reply/on-comment`, triggered by the intake's `zpipe.comment.received` event;
-- `review-expired/on-review-timeout`, triggered when a campaign run fails (a review timed out).
+- `review-expired/on-review-timeout`, triggered when a campaign run fails (a review timed out);
+- `review-held-images/on-held`, triggered when the QA gate holds images (`zpipe.image.held`).
 
 `zpipe serve` serves them all from one long-lived process (each run in a new process);
 `infra/prefect.yaml` declares the same for a work pool.
@@ -26,7 +27,7 @@ from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from flows.campaign import weekly_campaign
 from flows.comment import comment_reply
 from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
-from flows.review import review_deployment
+from flows.review import held_review_deployment, review_deployment
 from flows.trends import ingest_trends_flow
 from tasks.config.schema import load_campaign
 
@@ -78,6 +79,7 @@ def build_deployments(campaigns_dir: Path, brands_dir: Path,
         parameters={"brands_dir": str(brands_dir.resolve()), **settings_param},
         description="answer a user comment with a labelled reply image", tags=["comments"]))
     deployments.append(review_deployment())
+    deployments.append(held_review_deployment())
     return deployments
 
 

@@ -11,6 +11,9 @@ CAMPAIGN_FLOW = "weekly-campaign"
 COMMENT_FLOW = "comment-reply"
 TRENDS_FLOW = "ingest-trends"
 REVIEW_FLOW = "review-expired"
+HELD_REVIEW_FLOW = "review-held-images"            # the reviewer's form for what the QA gate held
+HELD_EVENT = "zpipe.image.held"                    # emitted when the QA gate holds images: triggers it
+HELD_RESOURCE_PREFIX = "zpipe.held."               # + the held images' folder (brand/campaign/week)
 CAMPAIGN_FAILED_EVENT = "prefect.flow-run.Failed"  # a review timeout fails the run: triggers REVIEW_FLOW
 
 __all__ = [
@@ -20,6 +23,9 @@ __all__ = [
            "COMMENT_FLOW",
            "COMMENT_RESOURCE_PREFIX",
            "GPU_CONCURRENCY_LIMIT",
+           "HELD_EVENT",
+           "HELD_RESOURCE_PREFIX",
+           "HELD_REVIEW_FLOW",
            "REVIEW_FLOW",
            "TRENDS_FLOW",
 ]

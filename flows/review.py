@@ -12,10 +12,16 @@ A suspended run whose review times out is failed by the Prefect server, with no 
 running. The run leaves a review record in the store before it suspends; the `review-expired`
 deployment, triggered by the `prefect.flow-run.Failed` event of a `weekly-campaign` run, reads
 it and rejects whatever is still pending, as the issue's "a timeout rejects" asks.
+
+Images the QA gate *held* (`held/`) have a review of their own: when a run holds images it
+emits `zpipe.image.held`; the `review-held-images/on-held` deployment then shows them (thumbnails
+and reasons) in the Prefect UI and waits, suspended, for the reviewer's `HeldDecision` form:
+release (publish as it is) or delete, image by image.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
@@ -26,18 +32,32 @@ from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 
-from flows.names import CAMPAIGN_FAILED_EVENT, CAMPAIGN_FLOW, REVIEW_FLOW
+from flows.names import (
+    CAMPAIGN_FAILED_EVENT,
+    CAMPAIGN_FLOW,
+    HELD_EVENT,
+    HELD_RESOURCE_PREFIX,
+    HELD_REVIEW_FLOW,
+    REVIEW_FLOW,
+)
 from tasks.config.schema import load_settings
 from tasks.orchestration.approval import (
     ApprovalDecision,
     ApprovalOutcome,
+    HeldDecision,
+    HeldOutcome,
     ReviewRecord,
     expire_review,
+    list_held,
     save_review,
 )
-from tasks.store.objects import ObjectStore, open_store
+from tasks.steps.approval import apply_held_decision_task
+from tasks.store.objects import ObjectStore, S3Store, open_store
 
 REVIEW_EXPIRED_DEPLOYMENT = "on-review-timeout"
+HELD_REVIEW_DEPLOYMENT = "on-held"
+HELD_REVIEW_TIMEOUT_S = 7 * 24 * 3600  # a week; an unanswered review leaves the images held
+HELD_URL_TTL_S = 7 * 24 * 3600  # presigned full-size links in the review artifact (S3 maximum)
 FLOW_RUN_RESOURCE_PREFIX = "prefect.flow-run."
 
 
@@ -106,3 +126,106 @@ def review_deployment() -> RunnerDeployment:
             parameters={"flow_run_id": "{{ event.resource.id }}"})],
         description="reject what a campaign run left under pending/ when its review times out",
         tags=["approval"])
+
+
+# --- Images the QA gate held ------------------------------------------------------------------
+
+
+def held_folder(keys: list[str]) -> str:
+    """The folder the held keys share (`brand/campaign/week/`), '' when they share none."""
+    parts = [key.removeprefix("held/").split("/")[:-1] for key in keys]
+    common: list[str] = []
+    for segments in zip(*parts, strict=False):
+        if len(set(segments)) != 1:
+            break
+        common.append(segments[0])
+    return "/".join(common) + "/" if common else ""
+
+
+def announce_held(store_url: str, held_keys: list[str], source: str) -> None:
+    """Emit `zpipe.image.held` for images a run held, so `review-held-images` asks a reviewer."""
+    from prefect.events import emit_event
+
+    if not held_keys:
+        return
+    folder = held_folder(held_keys)
+    emit_event(event=HELD_EVENT,
+               resource={"prefect.resource.id": f"{HELD_RESOURCE_PREFIX}{folder or 'all'}",
+                         "prefect.resource.name": folder or "held"},
+               payload={"store": store_url, "prefix": folder, "count": len(held_keys),
+                        "source": source})
+
+
+def _held_form(held_keys: list[str], prefix: str) -> type[HeldDecision]:
+    return HeldDecision.with_initial_data(
+        description=f"{len(held_keys)} image(s) held by the QA gate under `held/{prefix}`. "
+                    "Copy keys into *release* (publish as it is) or *delete*; keys left out stay "
+                    "held. Thumbnails and reasons: this run's `held-review` artifact.\n"
+                    + "\n".join(f"- `{k}`" for k in held_keys),
+        release=[], delete=[], reviewer="")
+
+
+@flow(name=HELD_REVIEW_FLOW, flow_run_name="review held {prefix}")
+def review_held(store: str | None = None, prefix: str = "", settings: str | None = None,
+                timeout_s: int = HELD_REVIEW_TIMEOUT_S) -> HeldOutcome | None:
+    """Show what the QA gate held under `held/<prefix>` and release or delete what the reviewer says.
+
+    Returns None when nothing is held (or nobody answered an ad-hoc run in time).
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.publish.contact_sheet import held_markdown
+
+    logger = get_run_logger()
+    opened = open_store(store or load_settings(settings).store)
+    store_url = opened.describe()
+
+    # 1. What is held, as the reviewer will see it
+    held = list_held(opened, prefix)
+    if not held:
+        logger.info("nothing is held under held/%s in %s", prefix, store_url)
+        return None
+    keys = [image.key for image in held]
+    link = ((lambda key: opened.url(key, expires_s=HELD_URL_TTL_S))
+            if isinstance(opened, S3Store) else None)
+    rows = [(image.key, image.public_key, image.reasons,
+             opened.get(image.key) if opened.exists(image.key) else None) for image in held]
+    create_markdown_artifact(
+        key="held-review", description=f"images held by the QA gate under held/{prefix}",
+        markdown=f"# Held by the QA gate: {len(held)} image(s)\n\nStore `{store_url}`, "
+                 f"prefix `held/{prefix}`.\n\n" + held_markdown(rows, link))
+
+    # 2. Wait for the form: suspended (deployment runs hold no process), paused otherwise
+    run = FlowRunContext.get().flow_run
+    # Stable across processes: a resumed (rescheduled) run must find its answer under this key
+    key = "held-" + hashlib.sha256("\n".join([prefix, *keys]).encode()).hexdigest()[:16]
+    logger.info("%d held image(s) wait for a reviewer: fill in the form to release or delete them",
+                len(keys))
+    if run.deployment_id is None:
+        try:
+            decision = pause_flow_run(wait_for_input=_held_form(keys, prefix), timeout=timeout_s, key=key)
+        except FlowPauseTimeout:
+            logger.info("nobody answered in %d s: the images stay held", timeout_s)
+            return None
+    else:
+        decision = suspend_flow_run(wait_for_input=_held_form(keys, prefix), timeout=timeout_s, key=key)
+
+    # 3. Apply it: each released image goes to its public key, deleted ones are gone
+    outcome = apply_held_decision_task(store_url, decision)
+    logger.info("%s released %d and deleted %d held image(s)", outcome.reviewer,
+                len(outcome.released), len(outcome.deleted))
+    return outcome
+
+
+def held_review_deployment() -> RunnerDeployment:
+    """Runs `review-held-images` whenever a run holds images (its `zpipe.image.held` event)."""
+    return review_held.to_deployment(
+        name=HELD_REVIEW_DEPLOYMENT, entrypoint_type=EntrypointType.MODULE_PATH,
+        triggers=[DeploymentEventTrigger(
+            name="images held by QA",
+            expect={HELD_EVENT},
+            match={"prefect.resource.id": f"{HELD_RESOURCE_PREFIX}*"},
+            parameters={"store": "{{ event.payload.store }}",
+                        "prefix": "{{ event.payload.prefix }}"})],
+        description="show what the QA gate held and release or delete it, image by image",
+        tags=["approval", "qa"])

@@ -71,8 +71,11 @@ def _flow_function(entrypoint: str) -> tuple[ast.FunctionDef | None, str | None,
                 call = deco if isinstance(deco, ast.Call) else None
                 target = call.func if call else deco
                 if isinstance(target, ast.Name) and target.id == "flow":
-                    name = next((k.value.value for k in (call.keywords if call else [])
-                                 if k.arg == "name" and isinstance(k.value, ast.Constant)), None)
+                    constants = _names_py()  # `name=REVIEW_FLOW` etc. come from flows/names.py
+                    name = next((k.value.value if isinstance(k.value, ast.Constant)
+                                 else constants.get(k.value.id)
+                                 for k in (call.keywords if call else [])
+                                 if k.arg == "name" and isinstance(k.value, ast.Constant | ast.Name)), None)
                     return node, name or func.replace("_", "-"), ""
             return node, None, f"entrypoint {entrypoint}: {func} is not decorated with @flow"
     return None, None, f"entrypoint {entrypoint}: no function {func} in {file}"
@@ -105,9 +108,11 @@ def check_prefect_yaml(path: Path, doc: dict[str, Any]) -> list[str]:
     problems += [f"{where}: unknown top-level key {k!r}" for k in doc if k not in top]
     fields = set(DeploymentConfig.model_fields)
     names = _names_py()
-    flow_names = {names["CAMPAIGN_FLOW"], names["TRENDS_FLOW"], names["COMMENT_FLOW"], names["REVIEW_FLOW"]}
+    flow_names = {names["CAMPAIGN_FLOW"], names["TRENDS_FLOW"], names["COMMENT_FLOW"], names["REVIEW_FLOW"],
+                  names["HELD_REVIEW_FLOW"]}
     trigger_events = {names["COMMENT_FLOW"]: names["COMMENT_EVENT"],
-                      names["REVIEW_FLOW"]: names["CAMPAIGN_FAILED_EVENT"]}
+                      names["REVIEW_FLOW"]: names["CAMPAIGN_FAILED_EVENT"],
+                      names["HELD_REVIEW_FLOW"]: names["HELD_EVENT"]}
     trigger_adapter = TypeAdapter(DeploymentTriggerTypes)
 
     for raw, deployment in zip(doc.get("deployments", []), model.deployments, strict=True):
@@ -266,6 +271,11 @@ def check_k8s(docs: dict[Path, list[Any]]) -> list[str]:
         for ref in _walk(obj, "persistentVolumeClaim"):
             if ref.get("claimName") not in by_kind.get("PersistentVolumeClaim", {}):
                 problems.append(f"{label}: no PersistentVolumeClaim {ref.get('claimName')!r}")
+    server = by_kind.get("Deployment", {}).get("prefect-server")
+    if server and int(server["spec"].get("replicas", 1)) != 1:
+        problems.append(f"infra/k8s/prefect-server.yaml: replicas {server['spec']['replicas']}: task "
+                        "workers' `.delay()` queue lives in one API process's memory (PrefectHQ/prefect "
+                        "#21218): serve task-worker traffic from exactly one API replica")
     gpu = by_kind.get("Deployment", {}).get("zpipe-gpu-worker")
     if gpu:
         args = gpu["spec"]["template"]["spec"]["containers"][0].get("args", [])

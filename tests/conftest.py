@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,3 +183,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                           or item.path.name in SERVER_MODULES)
         if starts_servers:
             item.add_marker(pytest.mark.servers)
+# --- PostgreSQL: each test (or module) its own database, dropped after -------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get("ZPIPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres(sql: str) -> None:
+    """Run one statement as the PostgreSQL admin (the machine's server, trust auth)."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def postgres_database(prefix: str = "zpipe_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database; yields its URL and drops it (and its sessions) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _postgres(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own (dropped after)."""
+    with postgres_database() as url:
+        yield url

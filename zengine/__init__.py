@@ -15,6 +15,7 @@ from zengine.engine import (
 )
 from zengine.fast import FastPath, FastPathReport
 from zengine.lora import LoraSpec, build_tiny_lora
+from zengine.product import ProductError, ProductPlacement, place_product
 from zengine.seeds import derive_seed
 from zengine.sizes import SIZE_PRESETS, size_for
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, build_tiny_pipeline, ensure_tiny_model
@@ -32,10 +33,13 @@ __all__ = [
     "GenerationResult",
     "LoraSpec",
     "ModelSource",
+    "ProductError",
+    "ProductPlacement",
     "TurboEngine",
     "build_tiny_lora",
     "build_tiny_pipeline",
     "derive_seed",
     "ensure_tiny_model",
+    "place_product",
     "size_for",
 ]

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zengine._imports import import_model_libraries
-from zengine.fast import FastPath, FastPathReport, apply_fast_path
+from zengine.fast import FastPath, FastPathReport, apply_fast_path, set_attention_backend_here
 from zengine.lora import LoraSpec
+from zengine.product import ProductPlacement, run_product_pipeline, validate_placement
 from zengine.sizes import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, round_side
 from zengine.tiny import TINY_MODEL_ID, TINY_REVISION, ensure_tiny_model
 
@@ -123,6 +124,7 @@ class GenerationRequest:
     steps: int = 8  # Turbo is distilled to 8 steps (= 8 transformer forwards in diffusers 0.42.1)
     guidance_scale: float = 0.0  # Turbo is guidance-distilled: CFG off, negative prompts unused
     loras: tuple[LoraSpec, ...] = ()  # brand style adapters active for this image
+    product: ProductPlacement | None = None  # a real product kept in the scene (zengine.product)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,24 @@ class _Made:
     oom_splits: int
 
 
+# Out-of-memory text in errors that are not `torch.cuda.OutOfMemoryError`: cuDNN reports a
+# workspace it cannot allocate as a plain RuntimeError ("cuDNN error: CUDNN_STATUS_..."), and
+# some kernels raise "CUDA error: out of memory".
+_OOM_MARKERS = ("out of memory", "CUDNN_STATUS_")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the GPU running out of memory, as a smaller batch may fix."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    return "out of memory" in text.lower() or "CUDNN_STATUS_" in text
+
+
 def _release_cached_memory() -> None:
     """Return the blocks PyTorch's caching allocator holds, so a smaller batch can fit."""
     import torch
@@ -196,6 +216,7 @@ class TurboEngine:
         attention: str | None = None,
         strict_token_limit: bool | None = None,
         fast_path: FastPath | None = None,
+        pipeline: ZImagePipeline | None = None,
     ) -> None:
         import torch
 
@@ -232,8 +253,12 @@ class TurboEngine:
         self.load_count = 0
         self.load_s: float | None = None
         self._pipe: ZImagePipeline | None = None
+        # A pipeline the caller already loaded (a benchmark that loads the weights once and
+        # compares ways of running them): `load()` configures it instead of loading weights.
+        self._given_pipe = pipeline
         self._lock = threading.Lock()
         self._loaded_loras: set[str] = set()
+        self._scene_pipes: dict[str, Any] = {}  # zengine.product's pipelines over the same weights
 
     @property
     def loaded(self) -> bool:
@@ -267,7 +292,9 @@ class TurboEngine:
         kind = source.kind
         # 1. Resolve where the weights are. The tiny model is built once into the cache and
         #    then takes the same from_pretrained path as real weights.
-        if kind == "tiny":
+        if self._given_pipe is not None:
+            location = "(given pipeline)"
+        elif kind == "tiny":
             location = str(ensure_tiny_model(source.cache_dir))
         elif kind == "hub" and not _HUB_ID.match(source.model):
             raise ValueError(
@@ -282,20 +309,23 @@ class TurboEngine:
         else:
             location = source.model
 
-        # 2. Load.
-        pipe = ZImagePipeline.from_pretrained(
-            location,
-            revision=source.revision if kind == "hub" else None,
-            dtype=self.dtype,  # diffusers 0.42 renamed torch_dtype (which now warns) to dtype
-            cache_dir=source.cache_dir if kind == "hub" else None,
-        )
+        # 2. Load (or take the caller's pipeline: its weights are already in memory).
+        if self._given_pipe is not None:
+            pipe, self._given_pipe = self._given_pipe, None
+        else:
+            pipe = ZImagePipeline.from_pretrained(
+                location,
+                revision=source.revision if kind == "hub" else None,
+                dtype=self.dtype,  # diffusers 0.42 renamed torch_dtype (which now warns) to dtype
+                cache_dir=source.cache_dir if kind == "hub" else None,
+            )
 
         # 3. Turbo's scheduler, whatever the saved config says.
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             pipe.scheduler.config, shift=TURBO_SHIFT
         )
-        if self.attention is not None:
-            pipe.transformer.set_attention_backend(self.attention)
+        if self.attention is not None:  # this transformer only, not the process default
+            set_attention_backend_here(pipe.transformer, self.attention)
         pipe.set_progress_bar_config(disable=True)  # progress goes to on_step instead
         pipe.to(self.device)
         load_s = time.perf_counter() - start
@@ -358,6 +388,8 @@ class TurboEngine:
                 f"{MAX_PROMPT_CHARS}-character limit: shorten it by "
                 f"{len(request.prompt) - MAX_PROMPT_CHARS} (it begins {request.prompt[:40]!r})."
             )
+        if request.product is not None:
+            validate_placement(request.product, request.width, request.height)
 
     @staticmethod
     def _validate_tokens(request: GenerationRequest, pipe: ZImagePipeline) -> None:
@@ -410,7 +442,7 @@ class TurboEngine:
             # 3. Group compatible requests and split the groups into batches.
             groups: dict[tuple, list[int]] = {}
             for index, r in enumerate(requests):
-                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale, r.loras),
+                groups.setdefault((r.width, r.height, r.steps, r.guidance_scale, r.loras, r.product),
                                   []).append(index)
             batches = [
                 indices[i : i + self.max_batch]
@@ -486,22 +518,25 @@ class TurboEngine:
                      progress: _Progress, requested: int, splits: int) -> list[_Made]:
         """Run `chunk` as one pipeline call; out of GPU memory, halve it and retry each half.
 
-        Every image keeps its own seeded generator, so a split batch makes the same images (up
-        to the last-bit rounding that depends on batch size). One image that still does not
-        fit raises `GenerationOutOfMemory`.
+        Out of memory is `torch.cuda.OutOfMemoryError` or a RuntimeError that says so (cuDNN's
+        `CUDNN_STATUS_*` workspace failures, "CUDA error: out of memory"): see
+        `is_out_of_memory`. Every image keeps its own seeded generator, so a split batch makes
+        the same images (up to the last-bit rounding that depends on batch size). One image
+        that still does not fit raises `GenerationOutOfMemory`.
         """
-        import torch
-
         done_before = progress.done
         try:
             start = time.perf_counter()
             images = self._call_pipeline(pipe, chunk, progress)
             batch_s = time.perf_counter() - start
             return [_Made(image, batch_s, len(chunk), splits) for image in images]
-        except torch.cuda.OutOfMemoryError as exc:
+        except RuntimeError as exc:  # OutOfMemoryError is a RuntimeError too
+            if not is_out_of_memory(exc):
+                raise
+            reason = " ".join(str(exc).split())[:200] or "out of memory"
             if len(chunk) == 1:
-                raise GenerationOutOfMemory(self._oom_message(chunk[0], requested)) from exc
-            reason = str(exc).splitlines()[0][:200] if str(exc) else "out of memory"
+                raise GenerationOutOfMemory(
+                    self._oom_message(chunk[0], requested, reason)) from exc
         # Freed here, after the except block: until then the exception's traceback keeps the
         # failed call's frames, and the tensors they hold, alive.
         _release_cached_memory()
@@ -522,6 +557,9 @@ class TurboEngine:
         first = chunk[0]
         if self.fault_hook is not None:  # tests only: raises here what a full GPU would
             self.fault_hook(len(chunk))
+        if first.product is not None:  # the scene around the brand's product, its pixels kept
+            return run_product_pipeline(pipe, self._scene_pipes, chunk, self.device,
+                                        progress.callback, MAX_SEQUENCE_LENGTH)
         return pipe(
             prompt=[r.prompt for r in chunk],  # a fresh list: the pipeline rewrites it in place
             width=first.width,
@@ -534,7 +572,7 @@ class TurboEngine:
             output_type="pil",
         ).images
 
-    def _oom_message(self, request: GenerationRequest, requested: int) -> str:
+    def _oom_message(self, request: GenerationRequest, requested: int, reason: str) -> str:
         import torch
 
         memory = ""
@@ -544,7 +582,8 @@ class TurboEngine:
         split = f" after splitting its batch of {requested} down to 1" if requested > 1 else ""
         return (
             f"Out of GPU memory making one {request.width}x{request.height} image "
-            f"({request.steps} steps) on {self.device} ({self.dtype}){split}{memory}. Try: "
+            f"({request.steps} steps) on {self.device} ({self.dtype}){split}{memory} "
+            f"({reason}). Try: "
             "free GPU memory held by other processes (see nvidia-smi), smaller images (e.g. "
             "size_for(fmt, scale=0.5), or a lower engine preview_scale), or a GPU with more "
             "memory."

@@ -167,6 +167,8 @@ def _print_summary(summary: CampaignSummary, started: float, note: str = "") -> 
     console.print(table)
     for failure in summary.trend_failures:
         err.print(f"[yellow]trend source skipped:[/] {failure}", highlight=False)
+    for problem in summary.catalogue_problems:
+        err.print(f"[yellow]catalogue row left out:[/] {problem}", highlight=False)
     console.print(f"{summary.planned} images in {time.perf_counter() - started:.1f} s"
                   + (f" ({note})" if note else ""), highlight=False)
     store = open_store(summary.store)
@@ -266,9 +268,11 @@ def intake(
 def _register_subcommands() -> None:
     from flows.cli.comfy_import import import_app
     from flows.cli.config import config_app
+    from flows.cli.held import held_app
     from flows.cli.preview import prompts_app
     from flows.cli.trends import trends_app
     from flows.cli.verify import provenance_app, verify_command
+    from flows.cli.webhooks import webhooks_app
     from flows.services import stack
 
     app.command("up")(stack.up_command)
@@ -280,6 +284,8 @@ def _register_subcommands() -> None:
     app.add_typer(provenance_app, name="provenance", help="C2PA Content Credentials: dev certificates.")
     app.add_typer(import_app, name="import", help="Bring workflows from other tools (ComfyUI).")
     app.add_typer(config_app, name="config", help="zpipe's environment variables (`zpipe config env`).")
+    app.add_typer(held_app, name="held", help="Images the QA gate held: list, release, delete.")
+    app.add_typer(webhooks_app, name="webhooks", help="Outbound webhooks: the outbox, redelivery.")
 
 
 _register_subcommands()

@@ -74,7 +74,10 @@ def preview_week(campaign: Path, week: str | None, trends: bool = True,
         "copy": job.copy_text, "headline_overlay": job.overlay_lines, "trend": job.trend,
         "trend_note": job.trend_note,
         "seed": job.seed, "size": [job.width, job.height], "key": job.key,
-        "prompt": job.prompt.text,
+        "prompt": job.prompt.text, "sku": job.sku,
+        "product": None if job.product is None else {
+            "image": job.product.declared, "sha256": job.product.sha256,
+            "box": list(job.product.box), "anchor": job.product.layout.anchor},
     } for job in plan.jobs]
     skipped = [{"day": s.weekday, "date": s.date.isoformat(), "format": s.format,
                 "variant": s.variant, "rules": s.rules} for s in plan.skipped]
@@ -85,6 +88,7 @@ def preview_week(campaign: Path, week: str | None, trends: bool = True,
                    "dropped": dropped, "remote_sources_skipped": len(sources) - len(local),
                    "failures": [f"{f.source}: {f.reason}" for f in report.failures] if report else []},
         "images": images, "skipped": skipped,
+        "catalogue_problems": [str(problem) for problem in plan.catalogue_problems],
     }
 
 
@@ -129,6 +133,12 @@ def preview(
         rules = ", ".join(row["rules"])
         if row["headline_overlay"]:
             rules += ("\n" if rules else "") + "overlay: " + " / ".join(row["headline_overlay"])
+        if row["sku"]:
+            rules += ("\n" if rules else "") + f"sku {row['sku']}"
+        if row["product"]:
+            x, y, w, h = row["product"]["box"]
+            name = Path(row["product"]["image"]).name
+            rules += ("\n" if rules else "") + f"product {name} {w}x{h} at {x},{y}"
         table.add_row(row["day"], row["date"], row["format"], str(row["variant"]),
                       f"{row['template']}@{row['version']}", _festival_names(row["festivals"]),
                       rules, row["prompt"])
@@ -136,6 +146,8 @@ def preview(
     for row in result["skipped"]:
         console.print(f"skipped: {row['day']} {row['date']} {row['format']} v{row['variant']} "
                       f"(rule {row['rules'][-1]})", highlight=False)
+    for line in result["catalogue_problems"]:
+        err.print(f"[yellow]catalogue row left out:[/] {line}", highlight=False)
     trends = result["trends"]
     for row in trends["dropped"]:
         err.print(f"trend dropped: {row['title']} ({row['reason']})", highlight=False)

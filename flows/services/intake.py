@@ -28,26 +28,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
+from flows.names import COMMENT_EVENT, COMMENT_FLOW, COMMENT_RESOURCE_PREFIX
 from tasks.comments.ledger import (
     ID_PATTERN,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     Comment,
     CommentLedger,
     CommentState,
-    SignatureError,
     State,
     content_fingerprint,
     extract_keywords,
     moderate,
-    sign,
-    verify_signature,
     warm_keywords,
 )
 from tasks.config.schema import BrandConfig, parse_config
 from tasks.core.errors import ConfigError, StoreError, ZpipeError
 from tasks.core.settings import env_default, env_name, env_raw
+from tasks.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, sign, verify_signature
 from tasks.core.yamlio import read_yaml
 from tasks.store.objects import ObjectStore, open_store
 
@@ -61,6 +57,9 @@ MIN_SECRET_CHARS = 16  # HMAC keys shorter than this are guessable
 SECRET_ENV, SECRET_FILE_ENV = env_name("intake_secret"), env_name("intake_secret_file")
 PER_MINUTE_ENV = env_name("intake_per_minute")  # overall comments per minute
 PER_AUTHOR_ENV = env_name("intake_per_author_per_minute")  # per author within a brand
+MAX_QUEUE_ENV = env_name("intake_max_queue")  # replies waiting or running before 503
+QUEUE_TTL_S = 1.0  # the queue depth is asked of Prefect at most once a second
+RETRY_AFTER_S = 5  # what a saturated intake tells senders to wait
 DEFAULT_STORE = "file://./zpipe-out"  # the same default as configs' `store`
 EMIT_FAILED = "event not emitted"  # reason prefix of records that a re-send may queue again
 # Threads doing ledger I/O at once: botocore keeps 10 S3 connections (max_pool_connections);
@@ -112,6 +111,13 @@ class IntakeSettings(BaseModel):
     overall_per_minute: int = Field(default=env_default("intake_per_minute"), ge=1,
                                      description=f"env {PER_MINUTE_ENV}")
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="accepted clock skew")
+    max_queue: int = Field(default=env_default("intake_max_queue"), ge=1,
+                           description=f"env {MAX_QUEUE_ENV}: comment replies waiting or running "
+                                       "before new comments are answered 503 + Retry-After")
+    queue_depth: Callable[[], int] | None = Field(
+        default=None, exclude=True,
+        description="how many comment replies wait or run. Default: the Prefect API's count of "
+                    "comment-reply runs not yet finished (with the default emitter); none: no cap")
     emit: Callable[..., Any] | None = Field(
         default=None, exclude=True,
         description="event emitter called as emit(event=, resource=, payload=); raises on failure. "
@@ -244,6 +250,52 @@ def _require_prefect_api() -> None:
                          "the Prefect server, e.g. PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
+def prefect_queue_depth() -> int:
+    """Comment-reply flow runs not finished yet (scheduled, pending, running, paused), per the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    waiting = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    with get_client(sync_client=True) as client:
+        return client.count_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[COMMENT_FLOW])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting))))
+
+
+class QueueGauge:
+    """The reply queue's depth, asked of `probe` at most once per `ttl_s`, plus the comments
+    this intake queued since (the trigger turns an event into a run a few seconds later)."""
+
+    def __init__(self, probe: Callable[[], int] | None, ttl_s: float = QUEUE_TTL_S):
+        self.probe, self.ttl_s = probe, ttl_s
+        self._lock = threading.Lock()
+        self._depth, self._since, self._at = 0, 0, -math.inf
+        self.error: str | None = None  # why the last probe failed (None: it answered)
+
+    def depth(self) -> int:
+        if self.probe is None:
+            return 0
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl_s:
+                try:
+                    self._depth, self._since, self.error = self.probe(), 0, None
+                except Exception as exc:  # the probe is pluggable; unknown depth must not refuse comments
+                    self.error = f"{type(exc).__name__}: {exc}"
+                self._at = time.monotonic()
+            return self._depth + self._since
+
+    def queued(self) -> None:
+        with self._lock:
+            self._since += 1
+
+
 class Intake:
     """The intake's state and steps: secret, brands, ledger, guards and the event emitter."""
 
@@ -254,6 +306,8 @@ class Intake:
         self.replays = ReplayGuard(settings.tolerance_s)
         self.limits = RateLimits(settings.per_author_per_minute, settings.overall_per_minute)
         self.emit: Callable[..., Any] = settings.emit or _emit_to_prefect
+        probe = settings.queue_depth or (prefect_queue_depth if settings.emit is None else None)
+        self.queue = QueueGauge(probe)
 
     def authenticate(self, timestamp: str | None, signature: str | None, body: bytes) -> None:
         """Raise a 401 HTTPException unless the request is signed, fresh and not a replay."""
@@ -287,8 +341,14 @@ class Intake:
                                          and (existing.reason or "").startswith(EMIT_FAILED)):
             return 200, _answer(existing)
 
-        # 2. Rate limits: per author and overall
+        # 2. Rate limits: per author and overall; a saturated reply queue takes nothing new
         self.limits.acquire(comment.brand, comment.author)
+        depth = self.queue.depth()
+        if depth >= self.settings.max_queue:
+            raise HTTPException(503, f"busy: {depth} comment replies are waiting or running (cap "
+                                     f"{self.settings.max_queue}); nothing was recorded, re-send the "
+                                     f"comment after {RETRY_AFTER_S} s",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
 
         # 3. Moderation, before anything is queued
         text, reason = moderate(comment.text, self.brand(comment.brand).replies)
@@ -325,7 +385,23 @@ class Intake:
                                reason=f"{EMIT_FAILED} ({type(exc).__name__}); re-send the comment to retry")
             raise HTTPException(503, "not queued: the event could not be emitted; re-send the "
                                      "comment later (it will be queued then)") from None
+        self.queue.queued()
         return 202, _answer(record)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = the ledger's store answers and the reply queue is below its cap."""
+        problems = []
+        try:
+            self.store.exists("_comments/.ready")  # one cheap round trip to the store
+        except StoreError as exc:
+            problems.append(f"store: {exc}")
+        depth = self.queue.depth()
+        if self.queue.error:
+            problems.append(f"prefect: queue depth unknown ({self.queue.error})")
+        if depth >= self.settings.max_queue:
+            problems.append(f"queue: {depth} replies waiting or running (cap {self.settings.max_queue})")
+        return not problems, {"ready": not problems, "queue_depth": depth,
+                              "max_queue": self.settings.max_queue, "problems": problems}
 
     def status(self, comment_id: str) -> CommentStatus:
         """A comment's state and, once done, a (presigned) URL of its reply image."""
@@ -485,7 +561,8 @@ def create_app(settings: IntakeSettings) -> FastAPI:
                    422: {"description": "not strict JSON (UTF-8, no NaN/Infinity, no duplicate keys), "
                                         "or a bad field"},
                    429: {"description": "rate limited; see Retry-After"},
-                   503: {"description": "not queued; retry"}},
+                   503: {"description": "not queued (reply queue full, or the event could not be "
+                                        "emitted); retry, see Retry-After"}},
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": Comment.model_json_schema()}}}},
     )
@@ -509,6 +586,14 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     async def comment_status(comment_id: Annotated[str, PathParam(pattern=ID_PATTERN)]) -> CommentStatus:
         """The comment's state, reason, flow run and (once done) a presigned image URL."""
         return await anyio.to_thread.run_sync(intake.status, comment_id, limiter=store_threads)
+
+    @app.get("/ready", summary="Readiness: store reachable, reply queue below its cap",
+             responses={503: {"description": "not ready; see problems and Retry-After"}})
+    async def ready() -> JSONResponse:
+        """200 when comments would be queued now; 503 + Retry-After with the problems otherwise."""
+        ok, body = await anyio.to_thread.run_sync(intake.readiness, limiter=store_threads)
+        return JSONResponse(body, status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/healthz", summary="Liveness")
     def healthz() -> dict[str, bool]:
@@ -570,7 +655,8 @@ def _read_limits() -> dict[str, int]:
     """Rate limits given in the environment (`zpipe up` passes them on to the intake)."""
     limits = {}
     for env, field, variable in ((PER_MINUTE_ENV, "overall_per_minute", "intake_per_minute"),
-                                 (PER_AUTHOR_ENV, "per_author_per_minute", "intake_per_author_per_minute")):
+                                 (PER_AUTHOR_ENV, "per_author_per_minute", "intake_per_author_per_minute"),
+                                 (MAX_QUEUE_ENV, "max_queue", "intake_max_queue")):
         value = (env_raw(variable) or "").strip()
         if not value:
             continue

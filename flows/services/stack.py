@@ -10,10 +10,15 @@ Everything lives under one home directory (`--home`, else `$ZPIPE_HOME`, else `.
     stack.json            ports, endpoints, the processes and how each is checked (no secrets)
     run/<proc>.pid        pid, start time and argv: a reused pid is never mistaken for ours
     logs/<proc>.log       stdout and stderr of each process (appended across restarts)
-    data/prefect/         PREFECT_HOME: the server's SQLite database
+    data/prefect/         PREFECT_HOME: the server's SQLite database (unless PostgreSQL, below)
     data/weed/            the S3 objects; kept by `down`
     data/results/         Prefect result storage shared by task workers and flows
-    secrets/              mode 0700: intake_secret, s3_credentials.json (mode 0600)
+    secrets/              mode 0700: intake_secret, s3_credentials.json, database_url (mode 0600)
+
+The Prefect server keeps its state in SQLite by default, or in PostgreSQL when `up` is given
+a database URL (`--database-url`, else `$ZPIPE_DATABASE_URL`, else the URL an earlier `up`
+kept in secrets/database_url; `--database-url sqlite` goes back). stack.json records the URL
+without its password.
 
 The commands of the processes are one table, `PROCESSES`; `up(processes=...)` takes
 another (the tests start stand-ins for the worker, serve and intake).
@@ -40,7 +45,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from tasks.core.errors import ZpipeError
-from tasks.core.settings import QUIET_PREFECT, env_raw
+from tasks.core.settings import QUIET_PREFECT, env_name, env_raw
 
 HOST = "127.0.0.1"  # every process binds loopback only
 DEFAULT_HOME = Path(".zpipe")
@@ -170,6 +175,10 @@ class StackPaths:
     def s3_credentials_file(self) -> Path:
         return self.secrets / "s3_credentials.json"
 
+    @property
+    def database_url_file(self) -> Path:
+        return self.secrets / "database_url"
+
     def log(self, name: str) -> Path:
         return self.home / "logs" / f"{name}.log"
 
@@ -211,6 +220,7 @@ class StackStatus:
     processes: dict[str, ProcessStatus]
     started: tuple[str, ...] = ()
     brands: str = ""  # the intake's brand folder: clients read reply policies (blocklists) there
+    database: str = "sqlite"  # the Prefect server's database: sqlite, or a URL without its password
 
     @property
     def healthy(self) -> bool:
@@ -224,7 +234,7 @@ class StackStatus:
             "intake_url": self.intake_url,
             "intake_secret_file": str(self.intake_secret_file),
             "s3_credentials_file": str(self.s3_credentials_file),
-            "brands": self.brands,
+            "brands": self.brands, "database": self.database,
             "processes": {name: {"state": p.state, "pid": p.pid, "log": str(p.log)}
                           for name, p in self.processes.items()},
         }
@@ -338,6 +348,70 @@ def _existing_secrets(paths: StackPaths) -> Secrets | None:
     return Secrets(intake, creds["aws_access_key_id"], creds["aws_secret_access_key"])
 
 
+# --------------------------------------------------------------------------- database
+
+DATABASE_ENV = env_name("database_url")  # ZPIPE_DATABASE_URL
+_PG_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def normalize_database_url(url: str) -> str | None:
+    """`sqlite` -> None (the default); a PostgreSQL URL -> Prefect's `postgresql+asyncpg://` form."""
+    url = url.strip()
+    if url.lower() in ("sqlite", "default", ""):
+        return None
+    for scheme in _PG_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url[len(scheme):]
+    raise StackConfigError(f"database URL {redact_database_url(url)!r} is not PostgreSQL: use "
+                           "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or `sqlite`")
+
+
+def redact_database_url(url: str) -> str:
+    """The URL without its password (what stack.json, status and errors show)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _check_database(url: str, timeout_s: float = 10.0) -> None:
+    """Connect once before starting the server: a wrong URL fails here, by name, not in a log."""
+    import asyncio
+
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1),
+                                     timeout=timeout_s)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise StackConfigError(
+            f"cannot reach the Prefect database {redact_database_url(url)}: {type(exc).__name__}: "
+            f"{exc}; create it (e.g. `createdb -h HOST -U USER NAME`) or fix --database-url / "
+            f"{DATABASE_ENV}") from None
+
+
+def _choose_database(paths: StackPaths, given: str | None, environ: Mapping[str, str]) -> str | None:
+    """The server's database URL: the argument, else $ZPIPE_DATABASE_URL, else the kept one."""
+    kept = _read_secret_file(paths.database_url_file)
+    raw = given if given is not None else environ.get(DATABASE_ENV) or kept
+    return normalize_database_url(raw) if raw else None
+
+
+def _keep_database(paths: StackPaths, url: str | None) -> None:
+    """Remember the server's database for later `up`s (mode 0600: the URL may hold a password)."""
+    if url is None:
+        paths.database_url_file.unlink(missing_ok=True)
+    elif _read_secret_file(paths.database_url_file) != url:
+        _write_private(paths.database_url_file, url)
+
+
 # --------------------------------------------------------------------------- environments
 
 
@@ -376,6 +450,11 @@ def _process_env(spec: ProcessSpec, config: Mapping[str, Any], paths: StackPaths
     else:
         env.update(QUIET_PREFECT, PREFECT_HOME=str(paths.data / "prefect"),
                    PREFECT_API_URL=config["prefect_api_url"])
+    if spec.env_kind == "server":  # PostgreSQL when chosen; else Prefect's SQLite under PREFECT_HOME
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        database_url = _read_secret_file(paths.database_url_file)
+        if database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     if spec.env_kind == "app":
         env.update(_client_env(config, paths, creds))
     if spec.intake_secret:
@@ -607,6 +686,7 @@ def _config(paths: StackPaths, recorded: Mapping[str, Any], *, ports: Mapping[st
                  else recorded.get("processes") or _process_entries(PROCESSES, chosen))
     return {
         "schema": SCHEMA, "home": str(paths.home), "project_dir": str(project),
+        "database": recorded.get("database", "sqlite"),
         "ports": chosen, "weed_ports": dict(recorded.get("weed_ports") or {}),
         **_endpoints(chosen, bucket),
         "brands": str(brands_dir if brands_dir.is_absolute() else project / brands_dir),
@@ -688,12 +768,14 @@ def _start(spec: ProcessSpec, paths: StackPaths, config: Mapping[str, Any], cred
 def up(home: Path | None = None, *, prefect_port: int | None = None, s3_port: int | None = None,
        intake_port: int | None = None, bucket: str | None = None, brands: Path | None = None,
        project_dir: Path | None = None, processes: Sequence[ProcessSpec] | None = None,
+       database_url: str | None = None,
        report: Callable[[str], None] = lambda message: None) -> StackStatus:
     """Start whatever part of the stack is not running; idempotent. Returns the new status.
 
     Ports and bucket default to what the last `up` in this home recorded, then to
-    `DEFAULT_PORTS` / `DEFAULT_BUCKET`. Raises `PortBusyError` before starting anything
-    when a port is taken, `StackError` when a process does not become ready.
+    `DEFAULT_PORTS` / `DEFAULT_BUCKET`. `database_url` puts the Prefect server on PostgreSQL
+    (see the module doc). Raises `PortBusyError` before starting anything when a port is
+    taken or the database cannot be reached, `StackError` when a process does not become ready.
     """
     specs = tuple(processes or PROCESSES)
     paths = StackPaths(resolve_home(home))
@@ -705,9 +787,20 @@ def up(home: Path | None = None, *, prefect_port: int | None = None, s3_port: in
     config = _config(paths, recorded, ports={"prefect": prefect_port, "s3": s3_port, "intake": intake_port},
                      bucket=bucket, brands=brands, project_dir=project_dir, specs=specs)
     creds = _load_or_create_secrets(paths, os.environ)
+    running = {s.name for s in specs if _our_pid(paths, s.name) is not None}
+    server_running = any(s.env_kind == "server" and s.name in running for s in specs)
+    kept_database = _read_secret_file(paths.database_url_file)
+    database = _choose_database(paths, database_url, os.environ) if not server_running else kept_database
+    if server_running and database_url is not None and normalize_database_url(database_url) != kept_database:
+        raise StackConfigError(f"the Prefect server is running on {recorded.get('database', 'sqlite')}: "
+                               "run `zpipe down` before changing its database")
+    config["database"] = redact_database_url(database) if database else "sqlite"
+    if not server_running:
+        if database:
+            _check_database(database)
+        _keep_database(paths, database)
 
     # 2. What runs already; leftovers of dead processes go; every port is checked before any start
-    running = {s.name for s in specs if _our_pid(paths, s.name) is not None}
     for spec in specs:
         if spec.name not in running:
             _stop_group(paths, spec.name)
@@ -772,7 +865,7 @@ def status(home: Path | None = None) -> StackStatus:
         prefect_ui_url=config["prefect_ui_url"], s3_endpoint_url=config["s3_endpoint_url"],
         bucket=config["bucket"], store=config["store"], intake_url=config["intake_url"],
         intake_secret_file=paths.intake_secret_file, s3_credentials_file=paths.s3_credentials_file,
-        processes=processes, brands=config["brands"],
+        processes=processes, brands=config["brands"], database=config.get("database", "sqlite"),
     )
 
 
@@ -818,7 +911,7 @@ def _print_status(result: StackStatus) -> None:
     out.print(table)
     for label, value in (("Prefect UI", result.prefect_ui_url), ("Prefect API", result.prefect_api_url),
                          ("S3 endpoint", result.s3_endpoint_url), ("store", result.store),
-                         ("intake", result.intake_url),
+                         ("intake", result.intake_url), ("database", result.database),
                          ("secrets", f"{result.intake_secret_file}, {result.s3_credentials_file}")):
         out.print(f"{label:>12}  {value}", highlight=False)
 
@@ -830,12 +923,16 @@ def up_command(
     intake_port: Annotated[int | None, typer.Option(help="comment intake port (default 8787)")] = None,
     bucket: Annotated[str | None, typer.Option(help="S3 bucket for images (default zpipe)")] = None,
     brands: Annotated[Path | None, typer.Option(help="brand YAML directory for the intake")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="PostgreSQL for the Prefect server, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB "
+             f"(default ${DATABASE_ENV}, else the last one; `sqlite` for SQLite)")] = None,
 ) -> None:
     """Start the local stack (Prefect server, S3, GPU worker, deployments, intake); idempotent."""
     _, err = _consoles()
     try:
         result = up(home, prefect_port=prefect_port, s3_port=s3_port, intake_port=intake_port,
-                    bucket=bucket, brands=brands, report=lambda m: err.print(m, highlight=False))
+                    bucket=bucket, brands=brands, database_url=database_url,
+                    report=lambda m: err.print(m, highlight=False))
     except StackError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         if not isinstance(exc, StackConfigError):

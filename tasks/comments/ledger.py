@@ -9,7 +9,6 @@ never as template source.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -31,12 +30,7 @@ from tasks.store.keys import COMMENTS
 from tasks.store.objects import ObjectStore, find_hidden
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-TIMESTAMP_HEADER = "X-Zpipe-Timestamp"
-SIGNATURE_HEADER = "X-Zpipe-Signature"
-SIGNATURE_SCHEME = "sha256"
 
-_SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
-_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")  # unix seconds; 12 digits reach the year 33658
 # Format characters (zero-width spaces and joiners, bidi controls, BOM, tag characters) and
 # every other default-ignorable code point (variation selectors, Hangul fillers, CGJ) draw
 # nothing and only serve to hide words from filters; lone surrogates cannot be stored.
@@ -50,15 +44,7 @@ _KEYWORD_POS = ("n", "nr", "ns", "nt", "nz", "nw", "vn", "a", "an", "t", "s", "i
 _MIN_LATIN_KEYWORD = 2  # one letter is not something to draw
 
 CommentId = Annotated[str, Field(pattern=ID_PATTERN, description="the platform's comment id")]
-State = Literal["queued", "running", "done", "failed", "rejected"]
-
-
-class SignatureError(ZpipeError):
-    """A request signature is missing, malformed, stale, from the future, wrong or replayed."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
+State = Literal["queued", "running", "done", "held", "failed", "rejected"]  # held: by the QA gate
 
 
 class LedgerError(ZpipeError):
@@ -250,48 +236,6 @@ def extract_keywords(text: str, limit: int = 5, lexicon: Lexicon | None = None) 
     return keywords
 
 
-# -- signatures ---------------------------------------------------------------------
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>." + body)."""
-    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"{SIGNATURE_SCHEME}={digest}"
-
-
-def verify_signature(
-    secret: bytes,
-    timestamp_header: str | None,
-    signature_header: str | None,
-    body: bytes,
-    now: float,
-    tolerance_s: int = 300,
-) -> None:
-    """Raise SignatureError unless the headers sign `body` with `secret` within the tolerance."""
-    if not timestamp_header:
-        raise SignatureError("missing", f"missing {TIMESTAMP_HEADER} header (unix seconds)")
-    if not signature_header:
-        raise SignatureError("missing", f"missing {SIGNATURE_HEADER} header ('sha256=<hex>')")
-    if not _TIMESTAMP.match(timestamp_header):
-        raise SignatureError("malformed", f"malformed {TIMESTAMP_HEADER} {timestamp_header[:32]!r}: "
-                                          "expected unix seconds, e.g. '1767225600'")
-    match = _SIGNATURE.match(signature_header)
-    if not match:
-        raise SignatureError("malformed", f"malformed {SIGNATURE_HEADER}: expected 'sha256=' "
-                                          "followed by 64 hex digits")
-    age = now - int(timestamp_header)
-    if age > tolerance_s:
-        raise SignatureError("stale", f"stale timestamp: {int(age)} s old (tolerance {tolerance_s} s); "
-                                      "sign each request with the current time")
-    if -age > tolerance_s:
-        raise SignatureError("future", f"timestamp {int(-age)} s in the future (tolerance "
-                                       f"{tolerance_s} s); check the sender's clock")
-    expected = sign(secret, timestamp_header, body)
-    if not hmac.compare_digest(expected, f"{SIGNATURE_SCHEME}={match[1].lower()}"):
-        raise SignatureError("mismatch", "signature mismatch: sign '<timestamp>.' + the raw body "
-                                         "with HMAC-SHA256 and the shared secret")
-
-
 # -- ledger -------------------------------------------------------------------------
 
 # What a comment is: who wrote what, under which post, for which brand. The id only names it
@@ -362,7 +306,8 @@ class CommentLedger:
         """Claim a comment for the reply run `run_id`: (record, True) means this run answers it.
 
         Events can come twice, late or out of order, so exactly one run may answer a comment:
-        - done or rejected: nobody (a late or repeated event);
+        - done, held (the QA gate held its image for a reviewer) or rejected: nobody (a late
+          or repeated event);
         - running under `run_id` itself (a retry of this run): this run;
         - running under another run that `is_running`: that run, not this one;
         - queued, failed, or running under a run that is gone: one of the concurrent callers.
@@ -371,7 +316,7 @@ class CommentLedger:
         if current is None:
             raise LedgerError(f"no comment {comment_id!r} in the ledger at {self.store.describe()}: "
                               "the intake records a comment before it emits its event")
-        if current.state in ("done", "rejected"):
+        if current.state in ("done", "held", "rejected"):
             return current, False
         if current.state == "running" and current.flow_run_id:
             if current.flow_run_id == run_id:

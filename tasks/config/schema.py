@@ -16,12 +16,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tasks.config.catalogue import CatalogueSource
 from tasks.core.base import Slug, Strict
 from tasks.core.errors import ConfigError, LabelError
 from tasks.core.settings import env_raw
 from tasks.core.yamlio import from_validation_error, read_yaml
 from tasks.labels.overlay import HeadlineStyle
+from tasks.labels.product import ProductSpec, resolve_product_spec
 from tasks.labels.watermark import LabelSpec, LogoSpec, OutputSpec, check_logo
+from tasks.notify.webhooks import WebhookSpec
 from tasks.prompts.rules import Rule
 from tasks.prompts.templates import BilingualText, PromptLibrary, PromptTemplate
 from tasks.qa.settings import QASettings
@@ -105,6 +108,12 @@ class BrandConfig(Strict):
         default_factory=dict, description="table -> code -> {zh, en}, e.g. colours.R01")
     headline: HeadlineStyle = Field(default_factory=HeadlineStyle,
                                     description="how headline overlays are typeset")
+    webhooks: list[WebhookSpec] = Field(
+        default_factory=list, description="signed POSTs to the brand's own systems when a week "
+                                          "finishes, an image is held, a comment is answered")
+    product: ProductSpec | None = Field(
+        default=None, description="the real product kept in every image (tasks/labels/product.py): "
+                                  "default cutout, layout per format")
 
     @field_validator("safety", mode="before")
     @classmethod
@@ -251,6 +260,8 @@ class CampaignConfig(Strict):
     schedule: Schedule | None = Field(default=None, description="run by itself (zpipe serve)")
     approval: Literal["none", "required"] = "none"
     approval_timeout_s: int = Field(default=86400, ge=10, description="unanswered -> rejected")
+    catalogue: CatalogueSource | None = Field(
+        default=None, description="one image per SKU x format x variant (tasks/content/catalogue.py)")
 
     @field_validator("formats")
     @classmethod
@@ -439,7 +450,29 @@ def load_campaign(path: str | Path) -> CampaignBundle:
         terms = str(terms_path)
     trends = campaign.trends.model_copy(update={"sources": sources, "sensitive_terms": terms})
     campaign = campaign.model_copy(update={"trends": trends})
+    if campaign.catalogue is not None:
+        campaign = campaign.model_copy(update={"catalogue": _resolve_catalogue(path, campaign.catalogue)})
     return CampaignBundle(path=path, campaign=campaign, brand=brand, library=library)
+
+
+def _resolve_catalogue(path: Path, catalogue: CatalogueSource) -> CatalogueSource:
+    """The catalogue's file and image folder resolved against the campaign file."""
+    base = path.parent
+    updates: dict[str, str] = {}
+    if not catalogue.is_http:
+        local = _resolve(base, catalogue.url)
+        if not local.is_file():
+            raise ConfigError(str(path), "catalogue.url", "catalogue file not found", catalogue.url)
+        updates["url"] = str(local)
+    if catalogue.images is not None:
+        images = _resolve(base, catalogue.images)
+        if not images.is_dir():
+            raise ConfigError(str(path), "catalogue.images", "image folder not found",
+                              catalogue.images)
+        updates["images"] = str(images)
+    elif catalogue.is_http:
+        updates["images"] = str(base)  # an HTTP catalogue's image paths: the campaign's folder
+    return catalogue.model_copy(update=updates)
 
 
 def _check_references(path: Path, campaign: CampaignConfig, brand: BrandConfig,
@@ -531,6 +564,8 @@ def load_brand(path: str | Path) -> BrandConfig:
                               lora.path)
         loras.append(lora.model_copy(update={"path": str(lora_path)}))
     brand = brand.model_copy(update={"loras": loras})
+    if brand.product is not None:
+        brand = brand.model_copy(update={"product": resolve_product_spec(path, brand.product)})
     prompts_path = _resolve(path.parent, brand.replies.prompts)
     if not prompts_path.is_file():
         raise ConfigError(str(path), "replies.prompts", "prompt library not found",

@@ -38,10 +38,13 @@ def content_id(fields: dict[str, Any]) -> str:
 
 
 def campaign_key(*, prefix: str, brand: str, campaign: str, week: str, weekday: str, fmt: str,
-                 variant: int, content: str, ext: str) -> str:
-    """`[pending/]<brand>/<campaign>/<week>/<weekday>/<W>x<H>-v<n>-<id>.<ext>`."""
-    return (f"{prefix}{brand}/{campaign}/{week}/{weekday}/"
-            f"{fmt.replace(':', 'x')}-v{variant}-{content}.{ext}")
+                 variant: int, content: str, ext: str, sku: str | None = None) -> str:
+    """`[pending/]<brand>/<campaign>/<week>/<weekday>/[<sku>-]<W>x<H>-v<n>-<id>.<ext>` (a
+    catalogue image is named by its SKU id, never its row, so reordering rows keeps keys)."""
+    slot = f"{fmt.replace(':', 'x')}-v{variant}"
+    if sku is not None:
+        slot = f"{sku}-{slot}"
+    return f"{prefix}{brand}/{campaign}/{week}/{weekday}/{slot}-{content}.{ext}"
 
 
 def reply_key(*, brand: str, campaign: str, day: str, comment_id: str, content: str, ext: str) -> str:

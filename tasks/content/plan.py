@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.config.catalogue import Catalogue, CatalogueProblem, Sku
 from tasks.config.schema import (
     COLOUR_TABLE,
     STANDARD_AXES,
@@ -34,7 +35,9 @@ from tasks.config.schema import (
     DayTheme,
     EngineSettings,
 )
+from tasks.content.catalogue import read_catalogue
 from tasks.content.identity import TURBO_STEPS, campaign_key, content_id, image_fields
+from tasks.labels.product import ProductRef, ProductSpec, product_ref
 from tasks.labels.watermark import OutputSpec
 from tasks.prompts.calendar import festivals_on
 from tasks.prompts.rules import Slot, apply_rules, trend_tags
@@ -78,14 +81,21 @@ class ImageJob(BaseModel):
     overlay_lines: list[str] = Field(default_factory=list)  # typeset by tasks.labels.overlay
     loras: list[tuple[str, float]] = Field(default_factory=list)  # brand style: (path, weight)
     trend_note: str | None = None  # why the image has no trend (it follows the day's theme)
+    sku: str | None = None  # the catalogue row's SKU id (tasks.content.catalogue)
+    product: ProductRef | None = None  # the real product kept in the picture (tasks.labels.product)
 
     @property
     def sidecar_key(self) -> str:
         return f"{self.key}.json"
 
     @property
+    def row(self) -> str:
+        """The contact sheet's row: the day, or the day and SKU of a catalogue image."""
+        return self.weekday if self.sku is None else f"{self.weekday} {self.sku}"
+
+    @property
     def label(self) -> str:
-        return f"{self.weekday} {self.format} v{self.variant}"
+        return f"{self.row} {self.format} v{self.variant}"
 
 
 def model_identity(engine: EngineSettings) -> tuple[str, str]:
@@ -113,6 +123,7 @@ class WeekPlan(BaseModel):
 
     jobs: list[ImageJob]
     skipped: list[SkippedSlot] = Field(default_factory=list)
+    catalogue_problems: list[CatalogueProblem] = Field(default_factory=list)  # rows left out
 
 
 def plan_week(
@@ -124,10 +135,11 @@ def plan_week(
     brand_fingerprint: str,
     key_prefix: str = "",
     trend_note: str | None = None,
+    catalogue: Catalogue | None = None,
 ) -> list[ImageJob]:
     """Render every prompt of the week and fix each image's seed, size and key."""
     return plan_week_slots(bundle, week, monday, trends, engine, brand_fingerprint, key_prefix,
-                           trend_note).jobs
+                           trend_note, catalogue).jobs
 
 
 def no_trend_note(brand: BrandConfig) -> str:
@@ -150,12 +162,26 @@ def brand_variables(brand: BrandConfig) -> dict[str, Any]:
     }
 
 
-def _theme_variable(theme: DayTheme, brand: BrandConfig) -> dict[str, Any]:
+def _theme_variable(theme: DayTheme, brand: BrandConfig, sku: Sku | None = None) -> dict[str, Any]:
     colour = None
-    if theme.colour is not None:  # the loader checked the code is in the table
+    if sku is not None and sku.colour is not None:  # a catalogue row's colour wins
+        colour = sku.as_variable()["colour"]
+    elif theme.colour is not None:  # the loader checked the code is in the table
         colour = {"code": theme.colour,
                   **brand.mappings[COLOUR_TABLE][theme.colour].model_dump()}
     return {"zh": theme.zh, "en": theme.en, "colour": colour}
+
+
+def _product_for(brand: BrandConfig, sku: Sku | None, fmt: str,
+                 size: tuple[int, int]) -> ProductRef | None:
+    """The product placed in one image: the SKU's cutout, else the brand's, else none."""
+    spec = brand.product
+    image, mask, declared = (sku.image, sku.mask, sku.declared_image) if sku else (None, None, None)
+    if image is None and spec is not None and spec.image is not None:
+        image, mask, declared = spec.image, spec.mask, spec.image
+    if image is None:
+        return None
+    return product_ref(spec or ProductSpec(), image, mask, declared or image, fmt, size)
 
 
 def _trend_variable(trend: Trend | None) -> dict[str, Any] | None:
@@ -174,18 +200,23 @@ def plan_week_slots(
     brand_fingerprint: str,
     key_prefix: str = "",
     trend_note: str | None = None,
+    catalogue: Catalogue | None = None,
 ) -> WeekPlan:
     """Plan the week: one job per day x format x variant that no rule skipped.
 
     `trend_note` says why there is no trend (e.g. the ranking's reasons); without trends and
-    without a note, `no_trend_note` is recorded on every job.
+    without a note, `no_trend_note` is recorded on every job. A campaign with a catalogue makes
+    one job per SKU x format x variant on the SKU's day instead (`catalogue`: as read already,
+    else read here); its bad rows are `catalogue_problems`.
     """
     campaign, brand, library = bundle.campaign, bundle.brand, bundle.library
+    if catalogue is None and campaign.catalogue is not None:
+        catalogue = read_catalogue(bundle)
     model_id, revision = model_identity(engine)
     languages = ("zh", "en") if campaign.language == "bilingual" else (campaign.language,)
     mapping = {table: {code: text.model_dump() for code, text in codes.items()}
                for table, codes in brand.mappings.items()}
-    plan = WeekPlan(jobs=[])
+    plan = WeekPlan(jobs=[], catalogue_problems=catalogue.problems if catalogue else [])
     for index, weekday in enumerate(WEEKDAYS):
         theme = campaign.days.get(weekday)
         if theme is None:
@@ -195,8 +226,13 @@ def plan_week_slots(
         festivals = festivals_on(day)
         trend = trends[index % len(trends)] if trends else None
         note = None if trend is not None else (trend_note or no_trend_note(brand))
-        for fmt in campaign.formats:
+        # a catalogue's SKUs posted this day (by id, never by row: keys survive reordering)
+        entries: list[Sku | None] = ([None] if catalogue is None else
+                                     sorted((s for s in catalogue.skus if s.day == weekday),
+                                            key=lambda s: s.id))
+        for sku, fmt in ((sku, fmt) for sku in entries for fmt in campaign.formats):
             width, height = size_for(fmt, engine.preview_scale)
+            product = _product_for(brand, sku, fmt, (width, height))
             for variant in range(1, campaign.variants.count + 1):
                 # 2. Rules
                 slot = Slot(day=day, weekday=weekday, format=fmt, variant=variant,
@@ -210,14 +246,16 @@ def plan_week_slots(
 
                 # 3. Variant axes and copy
                 axes = campaign.variants.axes_for(variant)
-                copy = copy_variable(outcome.copy_text or axes.get("copy") or theme.copy_text,
-                                     template)
+                sku_copy = sku.copy_text if sku else None
+                copy = copy_variable(outcome.copy_text or axes.get("copy") or sku_copy
+                                     or theme.copy_text, template)
                 overlay = [copy[lang] for lang in languages
                            if copy and template.headline_overlay and copy[lang]]
 
                 # 4. Render
                 variables = {
-                    "theme": _theme_variable(theme, brand),
+                    "theme": _theme_variable(theme, brand, sku),
+                    "sku": sku.as_variable() if sku else None,
                     "brand": brand_variables(brand),
                     "day": {"weekday": weekday, "date": day.isoformat(),
                             "weekday_zh": WEEKDAY_ZH[weekday], "weekday_en": WEEKDAY_EN[weekday]},
@@ -233,16 +271,23 @@ def plan_week_slots(
                     "mapping": mapping,
                 }
                 prompt = render_prompt(template, variables, campaign.language, outcome.additions)
-                seed = derive_seed(campaign.name, day.isoformat(), fmt, variant)
+                seed = (derive_seed(campaign.name, day.isoformat(), fmt, variant) if sku is None
+                        else derive_seed(campaign.name, day.isoformat(), "sku", sku.id, fmt, variant))
                 fields = image_fields(prompt=prompt, seed=seed, size=(width, height), model=model_id,
                                       revision=revision, output=campaign.output.model_dump())
                 fields["brand"] = brand_fingerprint
                 if overlay:  # only then: keys of images without an overlay stay as they were
                     fields["overlay"] = {"lines": overlay, "style": brand.headline.model_dump()}
+                if sku is not None:
+                    fields["sku"] = sku.id
+                if product is not None:  # the product's bytes and box, never its path
+                    fields["product"] = {"sha256": product.sha256, "mask": product.mask_sha256,
+                                         "box": list(product.box)}
                 content = content_id(fields)
                 key = campaign_key(prefix=key_prefix, brand=brand.slug, campaign=campaign.name,
                                    week=week, weekday=weekday, fmt=fmt, variant=variant,
-                                   content=content, ext=campaign.output.ext)
+                                   content=content, ext=campaign.output.ext,
+                                   sku=sku.id if sku else None)
                 plan.jobs.append(ImageJob(
                     brand=brand.slug, campaign=campaign.name, week=week, weekday=weekday,
                     date=day, format=fmt, variant=variant, width=width, height=height,
@@ -253,6 +298,7 @@ def plan_week_slots(
                     variant_axes={name: value.model_dump() for name, value in axes.items()},
                     copy_text=copy, overlay_lines=overlay,
                     loras=[(lora.path, lora.weight) for lora in brand.loras], trend_note=note,
+                    sku=sku.id if sku else None, product=product,
                 ))
     return plan
 
@@ -267,7 +313,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
     brand = bundle.brand
     exclude: dict[str, Any] = {"logo": True, "fragments": True, "mappings": True, "headline": True,
                                "replies": True, "label": {"font"}, "safety": True, "loras": True,
-                               "topics": True}  # trend choice acts through the prompt
+                               "topics": True,  # trend choice acts through the prompt
+                               "product": True}  # through each job's content id (bytes + box)
     digest = hashlib.sha256(brand.model_dump_json(exclude=exclude).encode())
     for lora in brand.loras:  # adapters change the pixels: their bytes and weights count
         digest.update(f"lora:{lora.weight}".encode())

@@ -44,6 +44,9 @@ class Environment(BaseSettings):
         "fallback (read by zengine.tiny, which imports nothing of zpipe)")
     home: Path = Field(
         default=Path(".zpipe"), description="the local stack's home: logs, data, generated secrets")
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL for the stack's Prefect server (`zpipe up`); "
+                                  "unset: SQLite. May hold a password: environment only")
     spool: Path | None = Field(
         default=None, description="finished images wait here through S3 outages; default "
         "$ZPIPE_HOME/spool, else $ZPIPE_CACHE/spool")
@@ -66,6 +69,9 @@ class Environment(BaseSettings):
         default=120, ge=1, description="comments the intake accepts a minute, overall")
     intake_per_author_per_minute: int = Field(
         default=5, ge=1, description="comments it accepts a minute from one author for one brand")
+    intake_max_queue: int = Field(
+        default=200, ge=1, description="comment replies waiting or running before the intake "
+                                       "answers 503 + Retry-After (back-pressure)")
 
     # -- C2PA Content Credentials (signing is off unless a certificate and key are set) -----
     c2pa_cert: Path | None = Field(default=None, description="certificate chain file (PEM)")

@@ -50,7 +50,8 @@ def to_request(job: ImageJob) -> GenerationRequest:
     """The engine request for a job (prompt, size, seed, Turbo steps)."""
     return GenerationRequest(prompt=job.prompt.text, width=job.width, height=job.height,
                              seed=job.seed, steps=job.steps,
-                             loras=tuple(LoraSpec(path, weight) for path, weight in job.loras))
+                             loras=tuple(LoraSpec(path, weight) for path, weight in job.loras),
+                             product=job.product.placement() if job.product else None)
 
 
 def generate_images(

@@ -34,6 +34,7 @@ from tasks.content.plan import ImageJob
 from tasks.core.errors import ConfigError, StoreError, ZpipeError
 from tasks.core.settings import env_default, env_name, env_raw
 from tasks.labels.overlay import Box, OverlayPlacement, draw_headline
+from tasks.labels.product import label_clear_of_product, restore_product
 from tasks.labels.provenance import load_signing_config
 from tasks.labels.provenance import sign as sign_c2pa
 from tasks.labels.watermark import (
@@ -120,16 +121,25 @@ def label_job(job: ImageJob, result: GenerationResult, brand: BrandConfig) -> La
     if job.overlay_lines:
         extra["headline"] = " / ".join(job.overlay_lines)
         keep_clear = _label_areas(image.size, brand.label, logo_image, brand.logo)
+        if job.product is not None:  # the headline never covers the product either
+            keep_clear.append(job.product.bbox)
         font = str(find_cjk_font(brand.headline.font or brand.label.font))
         image, overlay = draw_headline(image, job.overlay_lines, brand.headline, font, keep_clear)
 
-    # 2. Explicit label and logo
-    labelled, placement = apply_label(image, brand.label, logo_image,
-                                      brand.logo if logo_image else None)
+    # 2. Explicit label and logo (at corners clear of the product, if the image has one)
+    if job.product is not None:
+        labelled, placement = label_clear_of_product(image, brand.label, logo_image,
+                                                     brand.logo if logo_image else None,
+                                                     job.product, what=job.key)
+    else:
+        labelled, placement = apply_label(image, brand.label, logo_image,
+                                          brand.logo if logo_image else None)
     steps["post_draw_s"], mark = time.perf_counter() - mark, time.perf_counter()
 
     # 3. Invisible watermark carrying the content id (after the visible label)
     labelled = embed_watermark(labelled, job.content_id)
+    if job.product is not None:  # the product's own pixels, exactly, over the watermark's
+        labelled = restore_product(labelled, job.product)
     steps["post_watermark_s"], mark = time.perf_counter() - mark, time.perf_counter()
 
     # 4. Encode once, with the implicit label (XMP) in it
@@ -230,6 +240,8 @@ def build_sidecar(job: ImageJob, result: GenerationResult, labelled: LabelledIma
         "timings": {**result.timings, "label_s": round(labelled.label_s, 4), **labelled.steps_s},
         "c2pa": {"signed": labelled.c2pa_signed, "assertion": "cn.zpipe.aigc"},
         "qa": qa.record() if qa is not None else None,
+        "sku": job.sku,
+        "product": job.product.record() if job.product else None,
     }
 
 

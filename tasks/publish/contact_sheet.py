@@ -310,7 +310,8 @@ def _cell_view(cell: SheetCell, key: str) -> dict:
     job = cell.job
     view = {
         "place": cell.place, "status": cell.status, "tone": _TONE[cell.place],
-        "label": job.label, "anchor": f"{job.weekday}-{job.format.replace(':', 'x')}-v{job.variant}",
+        "label": job.label,
+        "anchor": f"{job.row.replace(' ', '-')}-{job.format.replace(':', 'x')}-v{job.variant}",
         "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
         "extra": " · ".join(filter(None, [
             " / ".join(job.overlay_lines or (job.copy_text or {}).values()),
@@ -340,14 +341,14 @@ def render_sheet(key: str, cells: list[SheetCell],
     """
     jobs = [cell.job for cell in cells]
     columns = _columns(jobs)
-    by_slot = {(c.job.weekday, c.job.format, c.job.variant): c for c in cells}
+    by_slot = {(c.job.row, c.job.format, c.job.variant): c for c in cells}
     days = []
-    for weekday in dict.fromkeys(job.weekday for job in jobs):
-        day_cells = [by_slot.get((weekday, fmt, variant)) for fmt, variant in columns]
+    for row in dict.fromkeys(job.row for job in jobs):
+        day_cells = [by_slot.get((row, fmt, variant)) for fmt, variant in columns]
         first = next(c for c in day_cells if c is not None).job
         days.append({
-            "name": weekday.capitalize(), "date": first.date.isoformat(),
-            "theme": (themes or {}).get(weekday), "trend": first.trend,
+            "name": row[:1].upper() + row[1:], "date": first.date.isoformat(),
+            "theme": (themes or {}).get(first.weekday), "trend": first.trend,
             "festivals": [" / ".join(filter(None, (f.get("zh"), f.get("en")))) for f in first.festivals],
             "cells": [None if c is None else _cell_view(c, key) for c in day_cells]})
     statuses = [cell.status for cell in cells]
@@ -408,12 +409,12 @@ def gallery_markdown(cells: list[SheetCell], heading: list[str],
     full image. `run_status` (key -> new / already there / ...) replaces the stored place."""
     jobs = [cell.job for cell in cells]
     columns = _columns(jobs)
-    by_slot = {(c.job.weekday, c.job.format, c.job.variant): c for c in cells}
+    by_slot = {(c.job.row, c.job.format, c.job.variant): c for c in cells}
     lines = [*heading, ""] if heading else []
     lines += ["| day | " + " | ".join(f"{f} v{v}" for f, v in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    for weekday in dict.fromkeys(job.weekday for job in jobs):
-        first = next(c.job for c in cells if c.job.weekday == weekday)
+    for weekday in dict.fromkeys(job.row for job in jobs):  # a day, or a day and a SKU
+        first = next(c.job for c in cells if c.job.row == weekday)
         row = [f"**{weekday}** {first.date.isoformat()[5:]}"
                + (f" · {_md(first.trend)}" if first.trend else "")]
         for fmt, variant in columns:
@@ -434,3 +435,25 @@ def gallery_markdown(cells: list[SheetCell], heading: list[str],
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
+
+
+def held_markdown(held: list[tuple[str, str, list[str], bytes | None]],
+                  link: Callable[[str], str | None] | None = None) -> str:
+    """A reviewer's view of what the QA gate held, for the Prefect UI: one row per image
+    (thumbnail, held key, where a release publishes it, the gate's reasons). `held` holds
+    (held key, public key, reasons, image bytes or None); `link(key)` may add a full-size link."""
+    lines = ["| image | held key | a release publishes to | why it was held |",
+             "|---|---|---|---|"]
+    for key, public_key, reasons, data in held:
+        picture = ""
+        if data is not None:
+            try:
+                picture = f"![held]({data_uri(make_thumbnail(data, GALLERY_THUMB_PX))})"
+            except (UnidentifiedImageError, OSError):
+                picture = "(unreadable image)"
+        url = link(key) if link is not None else None
+        if url:
+            picture += f" [full size]({url})"
+        lines.append(f"| {picture or '—'} | `{key}` | `{public_key}` | "
+                     f"{_md('; '.join(reasons) or 'no reason recorded')} |")
+    return "\n".join(lines)

@@ -38,11 +38,15 @@ def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> tuple
 
 @task(name="finish-reply", cache_policy=NEVER_CACHE, **LEDGER_RETRY)
 def finish_reply_task(store_url: str, comment_id: str, image_key: str | None,
-                      reason: str | None = None) -> CommentState:
-    """Record the outcome for the status endpoint: done with the image key, or failed."""
+                      reason: str | None = None, held: bool = False) -> CommentState:
+    """Record the outcome for the status endpoint: done with the image key, held (by the QA
+    gate, under `held/`: a reviewer decides, `reason` says why) or failed."""
     ledger = CommentLedger(store_at(store_url))
     if image_key is None:
         return ledger.update(comment_id, state="failed", reason=reason or "unknown error")
+    if held:
+        return ledger.update(comment_id, state="held", image_key=image_key,
+                             reason=reason or "held by the QA gate for a reviewer")
     return ledger.update(comment_id, state="done", image_key=image_key, reason=None)
 
 

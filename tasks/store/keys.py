@@ -21,6 +21,7 @@ TRENDS_HISTORY = f"{TRENDS}/history"  # the trends each brand used, so the next 
 COMMENTS = "_comments"  # the comment ledger: one record per comment
 REVIEWS = "_reviews/"  # one record per suspended run, for the expiry sweep
 SHEETS = "_sheets/"  # contact sheets of a run's images
+WEBHOOK_OUTBOX = "_webhooks/outbox/"  # webhook deliveries no receiver took yet (tasks.notify)
 
 
 def held_key(key: str) -> str:

@@ -68,9 +68,9 @@ def _one_format_campaign(tmp_path: Path) -> Path:
     return path
 
 
-def _settings(tmp_path: Path, store: str, generation: str = "workers") -> Path:
+def _settings(tmp_path: Path, store: str, generation: str = "workers", max_batch: int = 4) -> Path:
     path = tmp_path / "settings.yaml"
-    path.write_text(f"kind: settings\nengine:\n  preview_scale: 0.5\n  max_batch: 4\n"
+    path.write_text(f"kind: settings\nengine:\n  preview_scale: 0.5\n  max_batch: {max_batch}\n"
                     f"store: {store}\ngeneration: {generation}\n", encoding="utf-8")
     return path
 
@@ -82,9 +82,10 @@ class Worker:
         self.api_url, self.settings, self.env, self.logs = api_url, settings, env, logs
         self.procs: list[subprocess.Popen] = []
 
-    def start(self) -> subprocess.Popen:
+    def start(self, gpu_slots: int = 1) -> subprocess.Popen:
         log = open(self.logs / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed by the OS
-        proc = subprocess.Popen([str(BIN / "zpipe"), "worker", "--settings", str(self.settings)],
+        proc = subprocess.Popen([str(BIN / "zpipe"), "worker", "--settings", str(self.settings),
+                                 "--gpu-slots", str(gpu_slots)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**self.env, "PREFECT_API_URL": self.api_url})
         self.procs.append(proc)
@@ -224,6 +225,71 @@ def test_worker_killed_mid_batch_is_handed_over_and_every_image_made_once(
         rerun = weekly_campaign(str(campaign), week="2026-W48", settings=str(settings))
         assert rerun.created == [] and len(rerun.existing) == 7
         _check_exactly_once(s3_bucket, 7)
+    finally:
+        workers.stop_all()
+
+
+# -- (a2) three resident workers share the batches; one dies mid-batch ---------------------
+
+
+def test_three_workers_share_the_batches_and_a_killed_ones_batch_finishes_on_another(
+        prefect_api, zpipe_cache, s3_server, s3_bucket, s3_env, tmp_path, monkeypatch):
+    """N resident workers on one machine (one per GPU, `--gpu-slots 3`): a week's batches spread
+    over all of them; SIGKILL of one mid-batch hands its batch to a worker still running;
+    every image exists exactly once."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilterState, TaskRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    from flows.campaign import weekly_campaign
+
+    for name, value in WORKER_ENV.items():
+        monkeypatch.setenv(name, value)
+    store = f"s3://{s3_bucket}/{PREFIX}"
+    settings = _settings(tmp_path, store, max_batch=1)  # 7 batches of one image
+    campaign = _one_format_campaign(tmp_path)
+    env = {**os.environ, "ZPIPE_CACHE": str(zpipe_cache)}
+    workers = Worker(prefect_api, settings, env, tmp_path)
+    procs = [workers.start(gpu_slots=3) for _ in range(3)]
+    try:
+        for proc in procs:
+            workers.wait_ready(proc)
+        thread, box = _in_thread(lambda: weekly_campaign(str(campaign), week="2026-W48",
+                                                         settings=str(settings)))
+
+        # 1. Mid-batch: kill the worker whose heartbeat names a RUNNING batch (the others go on)
+        running = TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))
+
+        def generating():
+            with get_client(sync_client=True) as client:
+                for run in _generation_runs(client, state=running):
+                    for beat in _heartbeat_of(client, run.id):
+                        pid = int(beat.description.split(" pid ")[1].split(",")[0])
+                        if pid in {p.pid for p in procs}:
+                            return run, pid
+            return None
+        victim, victim_pid = _wait("a batch generating on a worker", generating, timeout=120, every=0.2)
+        killed = next(p for p in procs if p.pid == victim_pid)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+        survivors = {p.pid for p in procs if p is not killed}
+
+        # 2. The campaign finishes on the two workers still running: nothing new is started
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "the campaign never finished after a worker died"
+        assert "error" not in box, box
+        summary = box["value"]
+        assert len(summary.created) == 7 and not summary.failed and not summary.existing
+
+        # 3. Every image exactly once, made by at least two workers; the dead one's batch elsewhere
+        sidecars = _check_exactly_once(s3_bucket, 7)
+        pids = [s["timings"]["engine_pid"] for s in sidecars]
+        assert set(pids) <= {p.pid for p in procs} and len(set(pids)) >= 2, pids
+        assert set(pids) & survivors
+        with get_client(sync_client=True) as client:
+            dead = client.read_task_run(victim.id).state
+        assert dead.type == StateType.CRASHED and dead.message.startswith(HANDED_OVER), dead
+        print(f"images per worker: { {pid: pids.count(pid) for pid in set(pids)} }")
     finally:
         workers.stop_all()
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from zengine import GenerationOutOfMemory, GenerationRequest, GenerationResult, TurboEngine
+from zengine.engine import is_out_of_memory
 from zengine.faults import inject_oom
 
 SIDE = 64  # the smallest size the engine takes: these tests are about batches, not pixels
@@ -97,3 +98,70 @@ def test_one_image_out_of_memory_raises_a_clear_error(engine: TurboEngine) -> No
 def test_inject_oom_needs_a_rule(engine: TurboEngine) -> None:
     with pytest.raises(ValueError, match="above=N or first_calls=K"), inject_oom(engine):
         pass
+
+
+# cuDNN reports a workspace it cannot allocate as a plain RuntimeError, not as
+# torch.cuda.OutOfMemoryError; some kernels raise "CUDA error: out of memory". Both must halve.
+CUDNN_OOM = "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR (workspace allocation of 2147483648 bytes)"
+
+
+class RaiseAbove:
+    """A fault hook raising `error` for pipeline calls of more than `above` images."""
+
+    def __init__(self, error: Exception, above: int) -> None:
+        self.error, self.above, self.calls = error, above, []
+
+    def __call__(self, batch_size: int) -> None:
+        self.calls.append(batch_size)
+        if batch_size > self.above:
+            raise self.error
+
+
+@pytest.mark.parametrize("message", [CUDNN_OOM, "CUDA error: out of memory"])
+def test_cudnn_and_plain_runtime_out_of_memory_halve_the_batch(engine: TurboEngine,
+                                                                message: str) -> None:
+    hook = RaiseAbove(RuntimeError(message), above=2)
+    engine.fault_hook = hook
+    try:
+        split = engine.generate(requests())
+    finally:
+        engine.fault_hook = None
+    assert hook.calls == [4, 2, 2]
+    assert {(r.batch.requested, r.batch.used, r.batch.oom_splits) for r in split} == {(4, 2, 1)}
+    pairs = engine.generate(requests()[:2]) + engine.generate(requests()[2:])
+    assert [p.png for p in pairs] == [s.png for s in split]
+
+
+def test_one_image_cudnn_out_of_memory_raises_the_clear_error(engine: TurboEngine) -> None:
+    engine.fault_hook = RaiseAbove(RuntimeError(CUDNN_OOM), above=0)
+    try:
+        with pytest.raises(GenerationOutOfMemory) as info:
+            engine.generate(requests(2))
+    finally:
+        engine.fault_hook = None
+    assert "CUDNN_STATUS_INTERNAL_ERROR" in str(info.value) and "one 64x64 image" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(engine: TurboEngine) -> None:
+    hook = RaiseAbove(RuntimeError("expected scalar type Float but found BFloat16"), above=0)
+    engine.fault_hook = hook
+    try:
+        with pytest.raises(RuntimeError, match="expected scalar type") as info:
+            engine.generate(requests())
+    finally:
+        engine.fault_hook = None
+    assert hook.calls == [4]  # no halving
+    assert not isinstance(info.value, GenerationOutOfMemory)
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError(CUDNN_OOM), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+    (ValueError("out of memory"), False),
+])
+def test_is_out_of_memory(error: Exception, expected: bool) -> None:
+    assert is_out_of_memory(error) is expected

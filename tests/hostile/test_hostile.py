@@ -27,9 +27,10 @@ import yaml
 from PIL import Image
 
 from flows.services.intake import IntakeSettings, create_app
-from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, moderate, sign
+from tasks.comments.ledger import moderate
 from tasks.config.schema import EngineSettings, ReplyPolicy, load_campaign, load_config, load_library
 from tasks.core.errors import ConfigError, PromptError, StoreError
+from tasks.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tasks.prompts.templates import PromptTemplate, render_prompt
 from tasks.store.objects import LocalStore
 from tasks.trends.sources import MAX_TITLE_CHARS, TrendSource, ingest

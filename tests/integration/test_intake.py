@@ -26,9 +26,10 @@ from flows.services.intake import (
     load_intake_settings,
     post_comment,
 )
-from tasks.comments.ledger import SIGNATURE_HEADER, TIMESTAMP_HEADER, CommentLedger, sign
+from tasks.comments.ledger import CommentLedger
 from tasks.config.schema import BrandConfig
 from tasks.core.errors import ConfigError, ZpipeError
+from tasks.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tasks.store.objects import S3Store
 
 SECRET = "intake-test-secret-5f1c9a7e"
@@ -560,3 +561,62 @@ def test_load_intake_settings_errors(tmp_path, monkeypatch):
         load_intake_settings(empty, "x")
     with pytest.raises(ConfigError, match="not a directory"):
         load_intake_settings(tmp_path / "nowhere", "x")
+
+
+class Depth:
+    """A reply-queue depth at the intake's probe interface (`queue_depth=`), set by the test."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value, self.calls = value, 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return self.value
+
+
+def test_a_full_reply_queue_answers_503_with_retry_after_and_records_nothing(start_intake):
+    depth = Depth(3)
+    running = start_intake(max_queue=3, queue_depth=depth)
+    body = json.dumps(comment("q1")).encode()
+    busy = signed_post(running.url, body)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+    assert "3 comment replies are waiting or running (cap 3)" in busy.json()["detail"]
+    assert running.ledger.get("q1") is None and running.emitted.events == []  # nothing half-done
+    ready = httpx.get(f"{running.url}/ready")
+    assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
+    assert ready.json()["queue_depth"] == 3 and "cap 3" in ready.json()["problems"][0]
+
+    depth.value = 1
+    time.sleep(1.1)  # the depth is asked again at most once a second
+    assert httpx.get(f"{running.url}/ready").json() == {"ready": True, "queue_depth": 1, "max_queue": 3,
+                                                        "problems": []}
+    first = signed_post(running.url, body)  # the same comment, re-sent after Retry-After
+    assert first.status_code == 202 and running.ledger.get("q1").state == "queued"
+    # comments queued since the last probe count until the next one sees their runs
+    second = signed_post(running.url, json.dumps(comment("q2", author="bo")).encode())
+    assert second.status_code == 202
+    third = signed_post(running.url, json.dumps(comment("q3", author="cy")).encode())
+    assert third.status_code == 503 and running.ledger.get("q3") is None
+
+
+def test_ready_asks_the_real_prefect_server_for_the_queue(prefect_api, tmp_path):
+    """Default probe: comment-reply runs not finished, counted by a real Prefect API."""
+    from flows.services.intake import prefect_queue_depth
+
+    assert prefect_queue_depth() == 0
+    settings = IntakeSettings(secret=SECRET, store_url=str(tmp_path / "store"), brands=BRANDS)
+    app = create_app(settings)  # the default emitter: the probe asks Prefect
+    with serving(app) as url:
+        ready = httpx.get(f"{url}/ready")
+    assert ready.status_code == 200 and ready.json()["queue_depth"] == 0
+
+
+def test_max_queue_comes_from_the_environment(tmp_path, monkeypatch):
+    folder = _brand_dir(tmp_path)
+    monkeypatch.delenv("ZPIPE_INTAKE_SECRET_FILE", raising=False)
+    monkeypatch.setenv("ZPIPE_INTAKE_SECRET", SECRET)
+    monkeypatch.setenv("ZPIPE_INTAKE_MAX_QUEUE", "40")
+    assert load_intake_settings(folder, str(tmp_path)).max_queue == 40
+    monkeypatch.setenv("ZPIPE_INTAKE_MAX_QUEUE", "lots")
+    with pytest.raises(ConfigError, match="ZPIPE_INTAKE_MAX_QUEUE"):
+        load_intake_settings(folder, str(tmp_path))

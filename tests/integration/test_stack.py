@@ -7,6 +7,7 @@ One stack is started for the whole module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,10 +27,12 @@ import typer
 from typer.testing import CliRunner
 
 from flows.services import stack
+from tests.conftest import postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_VARS = ("ZPIPE_INTAKE_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ZPIPE_HOME")
 NAMES = ["prefect-server", "s3", "worker", "serve", "intake"]
+DB_PASSWORD = "pg-Secret-7d1e"  # trust auth ignores it; the stack must hide it all the same
 
 # worker / serve stand-in: report the (non-secret) environment, write to the bucket, stay up
 APP_STANDIN = """
@@ -121,6 +124,8 @@ class Running:
     ports: dict[str, int]
     first: stack.StackStatus
     up_seconds: float
+    database: str  # sqlite | postgresql
+    database_url: str | None
 
     def pids(self) -> dict[str, int | None]:
         return {name: p.pid for name, p in stack.status(self.home).processes.items()}
@@ -138,22 +143,44 @@ class Running:
                             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """One stack for the module (a Prefect server start costs 20-40 s)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def running(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One stack per database for the module (a Prefect server start costs 20-40 s): the
+    server's own SQLite, and PostgreSQL (a database of its own, with a password the stack must
+    keep out of stack.json, status and logs; the machine's server trusts local connections)."""
     home = tmp_path_factory.mktemp("stack") / "home"  # does not exist yet
     prefect, s3, intake = _free_ports(3)
-    with pytest.MonkeyPatch.context() as mp:
+    with contextlib.ExitStack() as cleanup, pytest.MonkeyPatch.context() as mp:
         for name in SECRET_VARS:
             mp.delenv(name, raising=False)
+        database_url = None
+        if request.param == "postgresql":
+            database_url = cleanup.enter_context(postgres_database("zpipe_stack")).replace(
+                "postgresql://postgres@", f"postgresql://postgres:{DB_PASSWORD}@")
         started = time.monotonic()
         try:
             first = stack.up(home, prefect_port=prefect, s3_port=s3, intake_port=intake,
-                             processes=_table(), project_dir=REPO)
+                             processes=_table(), project_dir=REPO, database_url=database_url)
             yield Running(home, {"prefect": prefect, "s3": s3, "intake": intake}, first,
-                          time.monotonic() - started)
+                          time.monotonic() - started, request.param, database_url)
         finally:
             stack.down(home)
+
+
+def _postgres_tables(url: str) -> set[str]:
+    import asyncio
+
+    import asyncpg
+
+    async def tables() -> set[str]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        finally:
+            await conn.close()
+        return {row["tablename"] for row in rows}
+
+    return asyncio.run(tables())
 
 
 def _standin_env(home: Path, name: str) -> dict:
@@ -192,7 +219,19 @@ def test_up_starts_everything_and_status_reports_it(running: Running) -> None:
         assert proc["log"] == str(running.home / "logs" / f"{name}.log")
     for sub in ("data/weed", "data/prefect", "data/results"):
         assert (running.home / sub).is_dir()
-    assert (running.home / "data/prefect/prefect.db").is_file()  # the server's SQLite
+    if running.database == "sqlite":
+        assert (running.home / "data/prefect/prefect.db").is_file()  # the server's SQLite
+        assert doc["database"] == "sqlite"
+    else:  # the server's state is in PostgreSQL, and the password is nowhere but secrets/
+        assert not (running.home / "data/prefect/prefect.db").exists()
+        assert doc["database"] == running.database_url.replace(DB_PASSWORD, "***").replace(
+            "postgresql://", "postgresql+asyncpg://")
+        assert _postgres_tables(running.database_url) >= {"flow_run", "deployment", "task_run"}
+        secret_file = running.home / "secrets" / "database_url"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600 and DB_PASSWORD in secret_file.read_text()
+        for path in [running.home / "stack.json", *(running.home / "logs").glob("*.log")]:
+            assert DB_PASSWORD not in path.read_text(errors="replace"), path
+        assert DB_PASSWORD not in result.stdout
     table = runner.invoke(_cli(), ["status", "--home", str(running.home)])
     assert table.exit_code == 0 and "running" in table.stdout
 
@@ -271,6 +310,32 @@ def test_a_dead_process_is_restarted_alone(running: Running) -> None:
     assert running.s3().get_object(Bucket="zpipe", Key="standin/worker")["Body"].read() == b"hello"
 
 
+def test_the_database_is_kept_and_never_changed_under_a_running_server(running: Running) -> None:
+    kept = stack._read_secret_file(running.home / "secrets" / "database_url")
+    if running.database == "sqlite":
+        assert kept is None
+        with pytest.raises(stack.StackConfigError, match="run `zpipe down` before changing its database"):
+            stack.up(running.home, processes=_table(), database_url="postgresql://postgres@127.0.0.1/x")
+        return
+    assert kept == running.database_url.replace("postgresql://", "postgresql+asyncpg://")
+    again = stack.up(running.home, processes=_table())  # no URL given: the kept one, nothing restarts
+    assert again.started == () and again.database == running.first.database
+    with pytest.raises(stack.StackConfigError, match="running on postgresql\\+asyncpg://postgres:\\*\\*\\*@"):
+        stack.up(running.home, processes=_table(), database_url="sqlite")
+
+
+def test_an_unreachable_database_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    port = _free_ports(1)[0]  # nothing listens there
+    with pytest.raises(stack.StackConfigError) as refused:
+        stack.up(tmp_path, processes=_table(), database_url=f"postgres://zp:hunter22@127.0.0.1:{port}/zp")
+    message = str(refused.value)
+    assert f"postgresql+asyncpg://zp:***@127.0.0.1:{port}/zp" in message and "hunter22" not in message
+    assert "createdb" in message and "ZPIPE_DATABASE_URL" in message
+    assert not list((tmp_path / "run").glob("*.pid")) and not (tmp_path / "secrets" / "database_url").exists()
+    with pytest.raises(stack.StackConfigError, match="is not PostgreSQL"):
+        stack.up(tmp_path, processes=_table(), database_url="mysql://root@127.0.0.1/zp")
+
+
 def test_busy_port_is_refused_before_anything_starts(running: Running, tmp_path: Path) -> None:
     prefect, s3 = _free_ports(2)
     with socket.socket() as squatter:
@@ -310,7 +375,11 @@ def test_down_stops_everything_and_is_idempotent(running: Running) -> None:
         assert not stack._port_in_use(port), port
     assert not list((running.home / "run").glob("*.pid"))
     assert (running.home / "secrets" / "intake_secret").is_file()  # data and secrets stay
-    assert (running.home / "data" / "prefect" / "prefect.db").is_file()
+    if running.database == "sqlite":
+        assert (running.home / "data" / "prefect" / "prefect.db").is_file()
+    else:  # the state stays in PostgreSQL, and the URL for the next `up`
+        assert "flow_run" in _postgres_tables(running.database_url)
+        assert (running.home / "secrets" / "database_url").is_file()
 
     assert stack.down(running.home) == []
     again = runner.invoke(_cli(), ["down", "--home", str(running.home)])

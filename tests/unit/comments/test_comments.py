@@ -11,14 +11,12 @@ from tasks.comments.ledger import (
     CommentLedger,
     CommentState,
     LedgerError,
-    SignatureError,
     clean_text,
     extract_keywords,
     moderate,
-    sign,
-    verify_signature,
 )
 from tasks.config.schema import ReplyPolicy, load_config
+from tasks.core.signing import SignatureError, sign, verify_signature
 from tasks.prompts.templates import PromptLibrary, render_prompt
 from tasks.store.objects import LocalStore, ObjectStore, S3Store
 

@@ -1,0 +1,1 @@
+"""Telling a brand's own systems: signed outbound webhooks (Prefect-free)."""
