@@ -314,7 +314,8 @@ def brand_fingerprint(bundle: CampaignBundle) -> str:
     exclude: dict[str, Any] = {"logo": True, "fragments": True, "mappings": True, "headline": True,
                                "replies": True, "label": {"font"}, "safety": True, "loras": True,
                                "topics": True,  # trend choice acts through the prompt
-                               "product": True}  # through each job's content id (bytes + box)
+                               "product": True,  # through each job's content id (bytes + box)
+                               "webhooks": True}  # who hears of the images, not what they are
     digest = hashlib.sha256(brand.model_dump_json(exclude=exclude).encode())
     for lora in brand.loras:  # adapters change the pixels: their bytes and weights count
         digest.update(f"lora:{lora.weight}".encode())

@@ -19,7 +19,7 @@ from tasks.config.schema import EngineSettings, load_campaign
 from tasks.content.plan import brand_fingerprint, plan_week_slots
 from zengine.product import product_layer, product_mask
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENGINE = EngineSettings(preview_scale=0.25)
 HEADER = "sku,name_zh,name_en,colour,image,copy_zh,copy_en,finish\n"
 ROWS = {

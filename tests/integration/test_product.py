@@ -29,7 +29,7 @@ from zengine import (
 )
 from zengine.product import file_sha256, product_layer, product_mask
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIPSTICK = REPO / "configs/products/lipstick/R01.png"
 DEMO = REPO / "configs/campaigns/lipstick-demo.yaml"
 SCALE = 0.25  # every preset's aspect ratio at a quarter of its size: ~0.3 s per image on CPU
