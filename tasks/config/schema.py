@@ -327,7 +327,12 @@ class EngineSettings(Strict):
         "fast path is on; off: run eagerly")
     attention_backends: tuple[str, ...] | None = Field(
         default=None, description="diffusers attention backends to try in order when the fast "
-        "path is on; default: _flash_3, _flash_varlen_3, flash, flash_varlen, _native_cudnn, native")
+        "path is on (each kept only if a mixed-length batch matches its prompts run alone); "
+        "default: zengine.fast.ATTENTION_ORDER")
+    fp8: bool = Field(
+        default=False, description="run the transformer's linear layers in float8 (torchao, "
+        "`pip install 'zpipe[gpu]'`, an sm_89+ GPU). Off by default: judge its images on real "
+        "weights before publishing with it")
 
 
 class Settings(Strict):

@@ -42,7 +42,7 @@ def _engine_for(settings: EngineSettings) -> TurboEngine:
     source = ModelSource(model=settings.model, revision=settings.revision)
     device = None if settings.device == "auto" else settings.device
     fast_path = FastPath.from_settings(settings.fast_path, settings.compile_mode,
-                                       settings.attention_backends)
+                                       settings.attention_backends, fp8=settings.fp8)
     return TurboEngine(source, device=device, max_batch=settings.max_batch, fast_path=fast_path)
 
 
