@@ -194,3 +194,17 @@ def test_keys_do_not_depend_on_where_the_config_tree_lives(config_tree: Path) ->
     _edit(brand, lambda d: d["label"].update(text="AI生成"))
     assert brand_fingerprint(load_campaign(config_tree / "campaigns/weekly-demo.yaml")) != \
         brand_fingerprint(here)
+
+
+def test_engine_fp8_is_opt_in_and_reaches_the_engines_fast_path(tmp_path):
+    from tasks.config.schema import EngineSettings, load_settings
+    from tasks.generation.engine import _engine_for
+
+    assert EngineSettings().fp8 is False  # off unless asked for: judge it on real weights first
+    path = tmp_path / "settings.yaml"
+    path.write_text("kind: settings\nengine:\n  fp8: true\n  fast_path: \"on\"\n", encoding="utf-8")
+    engine = _engine_for(load_settings(path).engine)  # built, not loaded: no weights read here
+    assert engine.fast_path.fp8 is True and engine.fast_path.enabled == "on"
+    path.write_text("kind: settings\nengine:\n  fp8: maybe\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"engine\.fp8"):
+        load_settings(path)
