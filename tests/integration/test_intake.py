@@ -600,15 +600,36 @@ def test_a_full_reply_queue_answers_503_with_retry_after_and_records_nothing(sta
 
 
 def test_ready_asks_the_real_prefect_server_for_the_queue(prefect_api, tmp_path):
-    """Default probe: comment-reply runs not finished, counted by a real Prefect API."""
+    """Default probe: comment-reply runs not finished, counted by a real Prefect API (the
+    session's server may hold other tests' runs: the test counts the one it adds)."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Scheduled
+
+    from flows.comment import comment_reply
     from flows.services.intake import prefect_queue_depth
 
-    assert prefect_queue_depth() == 0
-    settings = IntakeSettings(secret=SECRET, store_url=str(tmp_path / "store"), brands=BRANDS)
-    app = create_app(settings)  # the default emitter: the probe asks Prefect
-    with serving(app) as url:
-        ready = httpx.get(f"{url}/ready")
-    assert ready.status_code == 200 and ready.json()["queue_depth"] == 0
+    before = prefect_queue_depth()
+    with get_client(sync_client=True) as client:  # a reply waiting for its time: queued work
+        waiting = client.create_flow_run(comment_reply, parameters={"comment_id": "q-probe", "brand": "demo"},
+                                         state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1)))
+    try:
+        assert prefect_queue_depth() == before + 1
+        settings = IntakeSettings(secret=SECRET, store_url=str(tmp_path / "store"), brands=BRANDS,
+                                  max_queue=before + 1)
+        app = create_app(settings)  # the default emitter: the probe asks Prefect
+        with serving(app) as url:
+            full = httpx.get(f"{url}/ready")
+            assert full.status_code == 503 and full.json()["queue_depth"] == before + 1
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(waiting.id, Cancelled(), force=True)
+            time.sleep(1.1)  # the probe's answer is kept for a second
+            ready = httpx.get(f"{url}/ready")
+        assert ready.status_code == 200 and ready.json()["queue_depth"] == before
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(waiting.id)
 
 
 def test_max_queue_comes_from_the_environment(tmp_path, monkeypatch):
