@@ -612,8 +612,9 @@ def test_ready_asks_the_real_prefect_server_for_the_queue(prefect_api, tmp_path)
 
     before = prefect_queue_depth()
     with get_client(sync_client=True) as client:  # a reply waiting for its time: queued work
-        waiting = client.create_flow_run(comment_reply, parameters={"comment_id": "q-probe", "brand": "demo"},
-                                         state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1)))
+        later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(days=1))
+        waiting = client.create_flow_run(comment_reply, state=later,
+                                         parameters={"comment_id": "q-probe", "brand": "demo"})
     try:
         assert prefect_queue_depth() == before + 1
         settings = IntakeSettings(secret=SECRET, store_url=str(tmp_path / "store"), brands=BRANDS,
