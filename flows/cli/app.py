@@ -259,8 +259,13 @@ def intake(
     from tasks.config.schema import load_settings
 
     try:
-        store_url = store or load_settings(settings or _default_settings()).store
-        serve_intake(host=host, port=port, brands_dir=brands, store_url=store_url)
+        settings = settings or _default_settings()
+        config = load_settings(settings)
+        store_url = store or config.store
+        # with resident workers, each accepted comment also goes straight to one (fast path)
+        serve_intake(host=host, port=port, brands_dir=brands, store_url=store_url,
+                     fast_path=config.generation == "workers",
+                     settings=str(settings.resolve()) if settings else None)
     except ZpipeError as exc:
         raise _fail(exc) from None
 

@@ -9,6 +9,7 @@ reads the text from the ledger. Build the app with `create_app(settings)`; run i
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from math import ceil
@@ -60,6 +62,7 @@ PER_AUTHOR_ENV = env_name("intake_per_author_per_minute")  # per author within a
 MAX_QUEUE_ENV = env_name("intake_max_queue")  # replies waiting or running before 503
 QUEUE_TTL_S = 1.0  # the queue depth is asked of Prefect at most once a second
 RETRY_AFTER_S = 5  # what a saturated intake tells senders to wait
+HANDOFF_THREADS = 2  # fast-path hand-offs in flight at once (each is one `.delay()` round trip)
 DEFAULT_STORE = "file://./zpipe-out"  # the same default as configs' `store`
 EMIT_FAILED = "event not emitted"  # reason prefix of records that a re-send may queue again
 # Threads doing ledger I/O at once: botocore keeps 10 S3 connections (max_pool_connections);
@@ -123,6 +126,11 @@ class IntakeSettings(BaseModel):
         description="event emitter called as emit(event=, resource=, payload=); raises on failure. "
                     "Default: prefect.events.emit_event",
     )
+    handoff: Callable[[str, str], Any] | None = Field(
+        default=None, exclude=True,
+        description="the fast path: called as handoff(comment_id, brand) after the event left, "
+                    "off the request thread (e.g. worker_handoff: a resident worker answers at "
+                    "once). None: the event's triggered run answers")
 
     @model_validator(mode="after")
     def _slugs_match(self) -> IntakeSettings:
@@ -306,6 +314,8 @@ class Intake:
         self.replays = ReplayGuard(settings.tolerance_s)
         self.limits = RateLimits(settings.per_author_per_minute, settings.overall_per_minute)
         self.emit: Callable[..., Any] = settings.emit or _emit_to_prefect
+        self.handoff = settings.handoff
+        self._handoffs = ThreadPoolExecutor(max_workers=HANDOFF_THREADS, thread_name_prefix="handoff")
         probe = settings.queue_depth or (prefect_queue_depth if settings.emit is None else None)
         self.queue = QueueGauge(probe)
 
@@ -386,7 +396,16 @@ class Intake:
             raise HTTPException(503, "not queued: the event could not be emitted; re-send the "
                                      "comment later (it will be queued then)") from None
         self.queue.queued()
+        if self.handoff is not None:  # off the request thread: the answer does not wait for it
+            # in this request's context: Prefect's settings (its API URL) may live there
+            self._handoffs.submit(contextvars.copy_context().run, self._hand_off, comment.id, comment.brand)
         return 202, _answer(record)
+
+    def _hand_off(self, comment_id: str, brand: str) -> None:
+        try:
+            self.handoff(comment_id, brand)  # type: ignore[misc]
+        except Exception:  # the event still brings the reply, a few seconds later
+            logger.exception("comment %s: not handed to a worker; its event will answer it", comment_id)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = the ledger's store answers and the reply queue is below its cap."""
@@ -673,17 +692,39 @@ def load_intake_settings(brands_dir: Path, store_url: str) -> IntakeSettings:
                           brands=load_brands(brands_dir), **_read_limits())
 
 
+def worker_handoff(brands_dir: Path, store_url: str, settings: str | None) -> Callable[[str, str], Any]:
+    """The fast path: hand a comment straight to a resident `zpipe worker`, which answers it on
+    its loaded engine (`flows.comment.reply_on_worker`) instead of a new flow-run process."""
+    from flows.comment import reply_on_worker
+
+    brands = str(brands_dir.resolve())
+
+    def hand(comment_id: str, brand: str) -> Any:
+        return reply_on_worker.delay(comment_id, brand, brands, store_url, settings)
+
+    return hand
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8787,
     brands_dir: Path = Path("configs/brands"),
     store_url: str = DEFAULT_STORE,
     log_level: str = "info",
+    fast_path: bool = False,
+    settings: str | None = None,
 ) -> None:
-    """Run the intake with uvicorn until interrupted (behind `zpipe intake`)."""
+    """Run the intake with uvicorn until interrupted (behind `zpipe intake`).
+
+    `fast_path`: also hand each accepted comment to a resident worker (`worker_handoff`), with
+    `settings` (the workers' settings file) for its reply flow.
+    """
     import uvicorn
 
-    app = create_app(load_intake_settings(brands_dir, store_url))
+    intake_settings = load_intake_settings(brands_dir, store_url)
+    if fast_path:
+        intake_settings.handoff = worker_handoff(brands_dir, store_url, settings)
+    app = create_app(intake_settings)
     handler = logging.StreamHandler()  # beside uvicorn's own lines: one line per comment decision
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
     logger.addHandler(handler)

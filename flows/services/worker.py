@@ -10,6 +10,7 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectNotFound
 from prefect.task_worker import serve
 
+from flows.comment import reply_on_worker
 from tasks.config.schema import Settings
 from tasks.generation.engine import get_engine
 from tasks.orchestration.handover import (
@@ -35,7 +36,8 @@ def ensure_gpu_limit(slots: int) -> None:
 
 
 def run_worker(settings: Settings, gpu_slots: int = 1, preload: bool = True) -> None:
-    """Load the engine once, then serve generation batches one at a time until stopped.
+    """Load the engine once, then serve generation batches and fast-path comment replies
+    (`flows.comment.reply_on_worker`), one at a time, until stopped.
 
     A worker restarted after a crash first frees the `gpu` slot its dead predecessor held
     (when no other worker is up), so it does not wait out the old lease.
@@ -45,4 +47,4 @@ def run_worker(settings: Settings, gpu_slots: int = 1, preload: bool = True) -> 
     reclaim_gpu_slots()
     if preload:  # pay the weight load at start-up, not on the first comment
         get_engine(settings.engine).load()
-    serve(generate_on_worker, limit=1)  # limit=1: one batch at a time per GPU
+    serve(generate_on_worker, reply_on_worker, limit=1)  # limit=1: one piece of work at a time per GPU

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 from prefect import task
@@ -14,6 +15,8 @@ from tasks.config.schema import BrandConfig, EngineSettings
 from tasks.content.plan import ImageJob
 from tasks.steps.policies import LEDGER_RETRY, NEVER_CACHE
 from tasks.store.objects import store_at
+
+AWAIT_POLL_S = 0.5  # how often a run waiting for another run's answer reads the ledger
 
 
 def flow_run_is_active(flow_run_id: str) -> bool:
@@ -34,6 +37,25 @@ def flow_run_is_active(flow_run_id: str) -> bool:
 def start_reply_task(store_url: str, comment_id: str, flow_run_id: str) -> tuple[CommentState, bool]:
     """Claim the comment for this flow run: (record, True) if this run answers it, else who does."""
     return CommentLedger(store_at(store_url)).start(comment_id, flow_run_id, flow_run_is_active)
+
+
+@task(name="await-reply", cache_policy=NEVER_CACHE)
+def await_reply_task(store_url: str, comment_id: str, flow_run_id: str,
+                     takeover_s: float) -> tuple[CommentState, bool]:
+    """Another run is answering the comment: wait for its answer (True: take it over, because
+    that run is gone or has held the comment longer than `takeover_s`)."""
+    ledger = CommentLedger(store_at(store_url))
+    deadline = time.monotonic() + takeover_s
+    while True:
+        record = ledger.get(comment_id)
+        if record is None or record.state != "running":
+            return record, False
+        other = record.flow_run_id or ""
+        if time.monotonic() > deadline or not flow_run_is_active(other):
+            def still_running(run: str, stalled: str = other) -> bool:  # the stalled run counts as gone
+                return run != stalled and flow_run_is_active(run)
+            return ledger.start(comment_id, flow_run_id, still_running)
+        time.sleep(AWAIT_POLL_S)
 
 
 @task(name="finish-reply", cache_policy=NEVER_CACHE, **LEDGER_RETRY)
