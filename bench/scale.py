@@ -393,7 +393,7 @@ def bench(args: argparse.Namespace) -> dict:
     logs = root / "logs"
     logs.mkdir()
     campaign, settings = write_campaign(root, args.images, args.qa, args.max_batch, args.scale)
-    warm, _ = write_campaign(root, args.warmup, args.qa, args.max_batch, args.scale)
+    warm = write_campaign(root, args.warmup, args.qa, args.max_batch, args.scale)[0] if args.warmup else None
     results = root / "results"  # Prefect result storage shared by the workers and the flow
     runs: list[Run] = []
     plain: dict[str, float] = {}
@@ -417,7 +417,7 @@ def bench(args: argparse.Namespace) -> dict:
                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
                 for count in args.workers:
                     with workers(count, args.latency, settings, env, logs) as pids:
-                        if args.warmup:  # first-call costs of this process and the new workers
+                        if warm:  # first-call costs of this process and the new workers
                             run_campaign(warm, settings, bucket, db, count, pids, args.warmup, args.latency)
                         run = run_campaign(campaign, settings, bucket, db, count, pids, args.images,
                                            args.latency)
