@@ -59,7 +59,8 @@ def comment_reply(comment_id: str, brand: str, brands_dir: str = "configs/brands
     # 1. Claim: a repeated or late event finds the comment answered, or being answered (then
     #    waits for that answer; a run that is gone or stalls is taken over)
     comment, mine = start_reply_task(store, comment_id, str(flow_run.id))
-    if not mine and comment.state == "running":
+    if not mine and comment.state == "running" and generation != "local":
+        # (the fast path never waits: it holds its worker, which the answering run may need)
         comment, mine = await_reply_task(store, comment_id, str(flow_run.id), REPLY_TAKEOVER_S)
     if not mine:
         logger.info("comment %s is %s%s: nothing to do", comment_id, comment.state,
@@ -120,7 +121,8 @@ def reply_on_worker(comment_id: str, brand: str, brands_dir: str, store: str,
     """The fast path: answer a comment inside a resident `zpipe worker`, on its loaded engine.
 
     Runs the comment-reply flow in this process with local generation; the ledger claim
-    makes it and the event-triggered run answer the comment exactly once between them.
+    makes it and the event-triggered run answer the comment exactly once between them. It
+    never waits for another run's answer: that run may be waiting for this very worker.
     """
     return comment_reply(comment_id=comment_id, brand=brand, brands_dir=brands_dir, store=store,
                          settings=settings, generation="local")

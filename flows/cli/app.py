@@ -257,6 +257,7 @@ def intake(
     _quiet_prefect(verbose=True)
     from flows.services.intake import serve as serve_intake
     from tasks.config.schema import load_settings
+    from tasks.core.settings import env_value
 
     try:
         settings = settings or _default_settings()
@@ -264,7 +265,7 @@ def intake(
         store_url = store or config.store
         # with resident workers, each accepted comment also goes straight to one (fast path)
         serve_intake(host=host, port=port, brands_dir=brands, store_url=store_url,
-                     fast_path=config.generation == "workers",
+                     fast_path=config.generation == "workers" and env_value("intake_fast_path"),
                      settings=str(settings.resolve()) if settings else None)
     except ZpipeError as exc:
         raise _fail(exc) from None

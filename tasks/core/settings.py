@@ -69,6 +69,9 @@ class Environment(BaseSettings):
         default=120, ge=1, description="comments the intake accepts a minute, overall")
     intake_per_author_per_minute: int = Field(
         default=5, ge=1, description="comments it accepts a minute from one author for one brand")
+    intake_fast_path: bool = Field(
+        default=True, description="with `generation: workers`, also hand each accepted comment "
+                                  "straight to a resident worker (seconds sooner than the event's run)")
     intake_max_queue: int = Field(
         default=200, ge=1, description="comment replies waiting or running before the intake "
                                        "answers 503 + Retry-After (back-pressure)")
