@@ -26,7 +26,6 @@ from tasks.config.schema import (
 from tasks.content.catalogue import read_catalogue
 from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
 from tasks.core.progress import ProgressEvent, emit
-from tasks.orchestration.approval import ApprovalOutcome
 from tasks.orchestration.progress import RunProgress
 from tasks.publish.batch import BatchPublished, PublishFailure, find_missing, upload_retries
 from tasks.publish.contact_sheet import (
@@ -34,6 +33,7 @@ from tasks.publish.contact_sheet import (
     gallery_markdown,
     sheet_key,
 )
+from tasks.publish.review import ApprovalOutcome
 from tasks.steps.approval import apply_decision_task
 from tasks.steps.content import plan_week_task, read_catalogue_task
 from tasks.steps.generation import generate_batches

@@ -41,10 +41,9 @@ from flows.names import (
     REVIEW_FLOW,
 )
 from tasks.config.schema import load_settings
-from tasks.orchestration.approval import (
-    ApprovalDecision,
+from tasks.orchestration.approval import ApprovalDecision, HeldDecision
+from tasks.publish.review import (
     ApprovalOutcome,
-    HeldDecision,
     HeldOutcome,
     ReviewRecord,
     expire_review,

@@ -44,7 +44,7 @@ def _fail(exc: Exception) -> typer.Exit:
 def list_command(prefix: Annotated[str, typer.Argument(help="e.g. lumen-coffee/weekly-demo/2026-W48/")] = "",
                  store: StoreOption = None, settings: SettingsOption = None) -> None:
     """Every held image with where a release would publish it and why it was held."""
-    from tasks.orchestration.approval import list_held
+    from tasks.publish.review import list_held
 
     try:
         held = list_held(_store(store, settings), prefix)
@@ -68,7 +68,7 @@ def release_command(keys: Annotated[list[str], typer.Argument(help="held keys (f
                     note: Annotated[str, typer.Option(help="why it may be published")] = "",
                     store: StoreOption = None, settings: SettingsOption = None) -> None:
     """Publish held images as they are (each sidecar records who released it)."""
-    from tasks.orchestration.approval import release_held
+    from tasks.publish.review import release_held
 
     opened = _store(store, settings)
     for key in keys:
@@ -83,7 +83,7 @@ def release_command(keys: Annotated[list[str], typer.Argument(help="held keys (f
 def delete_command(keys: Annotated[list[str], typer.Argument(help="held keys (from `zpipe held list`)")],
                    store: StoreOption = None, settings: SettingsOption = None) -> None:
     """Delete held images (a rerun of their week makes them again, with the same seed)."""
-    from tasks.orchestration.approval import delete_held, release_target
+    from tasks.publish.review import delete_held, release_target
 
     opened = _store(store, settings)
     for key in keys:

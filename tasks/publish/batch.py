@@ -357,7 +357,7 @@ class HeldByQA(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: str  # the planned key
-    held_key: str  # held/<key>: where it waits for a reviewer (tasks.orchestration.approval.release_held)
+    held_key: str  # held/<key>: where it waits for a reviewer (tasks.publish.review.release_held)
     reasons: list[str]
     created: bool
 

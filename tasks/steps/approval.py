@@ -6,10 +6,9 @@ from datetime import UTC, datetime
 
 from prefect import task
 
-from tasks.orchestration.approval import (
-    ApprovalDecision,
+from tasks.orchestration.approval import ApprovalDecision, HeldDecision
+from tasks.publish.review import (
     ApprovalOutcome,
-    HeldDecision,
     HeldOutcome,
     apply_decision,
     apply_held_decision,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tasks.orchestration.approval import review_key
+from tasks.publish.review import review_key
 from tasks.store.objects import LocalStore
 from tests.processes import running
 

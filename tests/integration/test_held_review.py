@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from flows.review import held_folder
 from tasks.config.schema import EngineSettings, load_campaign
 from tasks.content.plan import brand_fingerprint, plan_week
-from tasks.orchestration.approval import list_held
 from tasks.publish.batch import publish_batch
+from tasks.publish.review import list_held
 from tasks.qa import Detection, QASettings
 from tasks.store.objects import LocalStore
 from tasks.store.spool import Spool

@@ -22,7 +22,6 @@ from markupsafe import escape
 
 from tasks.config.schema import DayTheme, EngineSettings, load_campaign
 from tasks.content.plan import ImageJob, brand_fingerprint, plan_week
-from tasks.orchestration.approval import apply_decision
 from tasks.publish.batch import publish_batch
 from tasks.publish.contact_sheet import (
     SHEETS,
@@ -32,6 +31,7 @@ from tasks.publish.contact_sheet import (
     sheet_key,
     write_sheet,
 )
+from tasks.publish.review import apply_decision
 from tasks.qa import QASettings
 from tasks.store.keys import PENDING, held_key
 from tasks.store.objects import LocalStore, ObjectStore, S3Store

@@ -13,14 +13,9 @@ import pytest
 
 from tasks.config.schema import EngineSettings, load_campaign
 from tasks.content.plan import brand_fingerprint, plan_week
-from tasks.orchestration.approval import (
-    HeldDecision,
-    apply_held_decision,
-    delete_held,
-    list_held,
-    release_held,
-)
+from tasks.orchestration.approval import HeldDecision
 from tasks.publish.batch import find_missing, is_done, publish_batch
+from tasks.publish.review import apply_held_decision, delete_held, list_held, release_held
 from tasks.qa import Detection, QASettings
 from tasks.qa.settings import TextCheckSettings
 from tasks.store.objects import LocalStore, open_store
