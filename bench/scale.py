@@ -48,12 +48,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/scale.py`: bench.standin and the tests' helpers
+    sys.path.insert(0, str(REPO))
+
+from tests.conftest import postgres_database  # noqa: E402 - after the repo is on sys.path
+from tests.processes import stop_process  # noqa: E402
+
 BIN = Path(sys.executable).parent
 WEEK = "2026-W48"
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 FORMATS = ["1:1", "9:16", "4:5", "3:4", "16:9"]
 MAX_VARIANTS = 16  # VariantsConfig.count's bound
-POSTGRES_ADMIN_URL = os.environ.get("ZPIPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 CAMPAIGN = """\
 kind: campaign
 name: scale
@@ -123,16 +128,6 @@ def _wait(probe, proc: subprocess.Popen, log: Path, what: str, timeout: float) -
         time.sleep(0.3)
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextlib.contextmanager
 def s3_server(root: Path) -> Iterator[dict[str, str]]:
     """SeaweedFS with auth on; yields the AWS_* environment for it."""
@@ -161,22 +156,7 @@ def s3_server(root: Path) -> Iterator[dict[str, str]]:
             _wait(lambda: client.list_buckets() is not None, proc, log, "SeaweedFS", 60)
             yield env
         finally:
-            _stop(proc, 15)
-
-
-def _postgres(sql: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+            stop_process(proc, 15)
 
 
 @contextlib.contextmanager
@@ -185,13 +165,8 @@ def database(kind: str) -> Iterator[str | None]:
     if kind == "sqlite":
         yield None
         return
-    name = f"zpipe_bench_{uuid.uuid4().hex[:12]}"
-    _postgres(f'CREATE DATABASE "{name}"')
-    try:
-        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        yield f"{base}/{name}"
-    finally:
-        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("zpipe_bench") as url:
+        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
 @contextlib.contextmanager
@@ -219,7 +194,7 @@ def prefect_server(root: Path, database_url: str | None) -> Iterator[str]:
                   "the Prefect server", 180)
             yield url
         finally:
-            _stop(proc, 20)
+            stop_process(proc, 20)
 
 
 @contextlib.contextmanager
@@ -249,7 +224,7 @@ def workers(count: int, latency: float, settings: Path, env: dict[str, str],
         yield [p.pid for p in procs]
     finally:
         for proc in procs:
-            _stop(proc, 20)
+            stop_process(proc, 20)
         for out in outs:
             out.close()
 
@@ -477,8 +452,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain-loop baseline")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    if str(REPO) not in sys.path:  # `python bench/scale.py`: bench.standin is imported from the repo
-        sys.path.insert(0, str(REPO))
     for db in args.databases:
         if db not in ("sqlite", "postgres"):
             parser.error(f"--databases: {db!r} is neither sqlite nor postgres")

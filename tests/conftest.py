@@ -183,6 +183,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                           or item.path.name in SERVER_MODULES)
         if starts_servers:
             item.add_marker(pytest.mark.servers)
+
+
 # --- PostgreSQL: each test (or module) its own database, dropped after -------------------------
 
 POSTGRES_ADMIN_URL = os.environ.get("ZPIPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tasks.labels.watermark import read_labels
@@ -71,3 +75,15 @@ def noise_result(job) -> GenerationResult:
     return GenerationResult(png=buffer.getvalue(), prompt=job.prompt.text, seed=job.seed, steps=8,
                             guidance_scale=0.0, width=job.width, height=job.height, model_id="tiny",
                             revision="r")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.3) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)

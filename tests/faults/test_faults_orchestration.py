@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from tasks.orchestration.handover import GENERATION_TAG, HANDED_OVER, HEARTBEAT, generation_workers
 from tasks.store.objects import S3Store
 from tests.conftest import _free_port, _wait_http
-from tests.helpers import check_campaign_objects
+from tests.helpers import check_campaign_objects, wait_for
 from tests.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,18 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.3) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -100,7 +87,7 @@ class Worker:
             with get_client(sync_client=True) as client:
                 return any(worker["identifier"].endswith(f"-{proc.pid}")
                            for worker in generation_workers(client))
-        _wait("the worker to subscribe", subscribed, timeout, every=0.5)
+        wait_for("the worker to subscribe", subscribed, timeout, every=0.5)
 
     def log(self, index: int) -> str:
         return (self.logs / f"worker{index}.log").read_text(errors="replace")[-3000:]
@@ -194,7 +181,7 @@ def test_worker_killed_mid_batch_is_handed_over_and_every_image_made_once(
             with get_client(sync_client=True) as client:
                 return next((run for run in _generation_runs(client, state=running)
                              if run.start_time and _heartbeat_of(client, run.id)), None)
-        victim = _wait("a batch generating on the worker", generating, timeout=120, every=0.2)
+        victim = wait_for("a batch generating on the worker", generating, timeout=120, every=0.2)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         with get_client(sync_client=True) as client:
@@ -268,7 +255,7 @@ def test_three_workers_share_the_batches_and_a_killed_ones_batch_finishes_on_ano
                         if pid in {p.pid for p in procs}:
                             return run, pid
             return None
-        victim, victim_pid = _wait("a batch generating on a worker", generating, timeout=120, every=0.2)
+        victim, victim_pid = wait_for("a batch generating on a worker", generating, timeout=120, every=0.2)
         killed = next(p for p in procs if p.pid == victim_pid)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=10)
@@ -340,7 +327,7 @@ def _wait_final(client, flow_run_id, timeout: float):
     def final():
         run = client.read_flow_run(flow_run_id)
         return run if run.state and run.state.is_final() else None
-    return _wait(f"flow run {flow_run_id} to end", final, timeout, every=1)
+    return wait_for(f"flow run {flow_run_id} to end", final, timeout, every=1)
 
 
 def test_server_restart_during_a_deployment_run_ends_clearly_and_rerun_makes_only_missing(
@@ -378,7 +365,7 @@ def test_server_restart_during_a_deployment_run_ends_clearly_and_rerun_makes_onl
     try:
         workers.wait_ready(worker)
         with get_client(sync_client=True) as client:
-            _wait("the served deployment", lambda: _deployment_exists(client), timeout=120, every=1)
+            wait_for("the served deployment", lambda: _deployment_exists(client), timeout=120, every=1)
         first = run_deployment("weekly-campaign/weekly-demo", parameters={"week": "2026-W48"},
                                timeout=0)
 
@@ -389,7 +376,7 @@ def test_server_restart_during_a_deployment_run_ends_clearly_and_rerun_makes_onl
         def mid_run() -> int:
             with get_client(sync_client=True) as client:
                 return (done := len(images())) and _generation_runs(client, state=running) and done
-        done_before = _wait("images published while a batch generates", mid_run, timeout=180,
+        done_before = wait_for("images published while a batch generates", mid_run, timeout=180,
                             every=0.3)
         own_server.kill()
         assert done_before < 7, "the run finished before the server was killed"
@@ -500,7 +487,7 @@ def test_duplicate_and_out_of_order_comment_events_make_one_image_per_comment(
     # 3. D's event is redelivered while its first run is still running: the second run ends
     #    at once without generating, the first one answers
     d_thread, d_box = _in_thread(deliver("c-d"))
-    first_d = _wait("c-d's first run to claim it",
+    first_d = wait_for("c-d's first run to claim it",
                     lambda: (r := ledger.get("c-d")).state == "running" and r, timeout=120, every=0.1)
     second = deliver("c-d")()
     assert second is None or second == ledger.get("c-d").image_key

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,23 +23,12 @@ import yaml
 
 from tasks.store.objects import S3Store
 from tests.conftest import REPO
-from tests.helpers import check_campaign_objects
+from tests.helpers import check_campaign_objects, wait_for
 
 BIN = Path(sys.executable).parent
 PREFIX = "pool"
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
-
-
-def _wait(what: str, check, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def _project_file(tmp_path: Path, settings: Path) -> Path:
@@ -107,7 +95,7 @@ def test_flows_run_on_a_process_work_pool(prefect_api, zpipe_cache, s3_server, s
                 runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
                     name=DeploymentFilterName(any_=["weekly-demo"])))
             return [r for r in runs if r.state and r.state.type == StateType.SCHEDULED]
-        upcoming = _wait("the scheduler to plan the campaign's runs", scheduled, timeout=90)
+        upcoming = wait_for("the scheduler to plan the campaign's runs", scheduled, timeout=90, every=1.0)
         for run in upcoming:
             when = run.expected_start_time.astimezone(UTC)
             assert (when.weekday(), when.hour, when.minute) == (0, 1, 0), when
@@ -129,8 +117,9 @@ def test_flows_run_on_a_process_work_pool(prefect_api, zpipe_cache, s3_server, s
                                   received_at=now, updated_at=now))
         emit_event(event="zpipe.comment.received", resource={"prefect.resource.id": "zpipe.comment.pool-c1"},
                    payload={"id": "pool-c1", "brand": "demo"})
-        done = _wait("the comment's reply", lambda: (r := ledger.get("pool-c1")).state in ("done", "failed")
-                     and r, timeout=240, every=1)
+        done = wait_for("the comment's reply",
+                        lambda: (r := ledger.get("pool-c1")).state in ("done", "failed") and r,
+                        timeout=240, every=1)
         assert done.state == "done", (done, _tail(tmp_path / "pool-worker.log"))
         assert S3Store(s3_bucket, prefix=PREFIX).exists(done.image_key)
         with get_client(sync_client=True) as client:
