@@ -87,7 +87,7 @@ class CommentState(BaseModel):
     keywords: list[str] = Field(default_factory=list)
     state: State
     image_key: str | None = None
-    flow_run_id: str | None = None
+    flow_run_id: str | None = None  # the Prefect run answering it: a flow run, or a fast-path task run
     reason: str | None = None
     received_at: datetime
     updated_at: datetime
