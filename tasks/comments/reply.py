@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from tasks.comments.ledger import CommentState, drawable_keywords
+from tasks.comments.ledger import CommentState, drawable_keywords, warm_keywords
 from tasks.config.schema import WEEKDAYS, BrandConfig, EngineSettings, load_library
 from tasks.content.identity import TURBO_STEPS, content_id, image_fields, reply_key
 from tasks.content.plan import ImageJob, model_identity
 from tasks.prompts.templates import render_prompt
+from tasks.qa import QASettings, models
 from zengine import derive_seed, size_for
 
 REPLY_CAMPAIGN = "comments"
@@ -55,3 +56,12 @@ def plan_reply(brand: BrandConfig, comment: CommentState, engine: EngineSettings
         height=height, seed=seed, steps=TURBO_STEPS, prompt=prompt, trend=None,
         output=policy.output, model_id=model_id, revision=revision, content_id=content, key=key,
         loras=[(lora.path, lora.weight) for lora in brand.loras])
+
+
+def warm_up_replies(qa: QASettings) -> None:
+    """Load, once per process, what answering a comment needs besides the engine: jieba's
+    dictionaries and the lexicon (about 2 s on 2 cores), and the QA gate's NSFW model. A
+    resident worker calls it at start, so that its first reply is as quick as the next."""
+    warm_keywords()
+    if qa.enabled and qa.nsfw.enabled:
+        models.nudenet(qa.threads)

@@ -247,3 +247,17 @@ def test_ledger_update_and_requeue(store: ObjectStore):
     assert ledger.get("c-9").state == "queued"
     with pytest.raises(LedgerError, match="not failed"):
         ledger.requeue(ledger.get("c-9"), state="queued")
+
+
+def test_warm_up_replies_loads_keywords_and_the_nsfw_model_once(monkeypatch):
+    from tasks.comments import reply
+    from tasks.qa import QASettings
+
+    loaded = []
+    monkeypatch.setattr(reply, "warm_keywords", lambda: loaded.append("keywords"))
+    monkeypatch.setattr(reply.models, "nudenet", lambda threads: loaded.append(f"nudenet x{threads}"))
+    reply.warm_up_replies(QASettings(threads=2))
+    assert loaded == ["keywords", "nudenet x2"]
+    loaded.clear()
+    reply.warm_up_replies(QASettings(enabled=False))  # no gate: no NSFW model to load
+    assert loaded == ["keywords"]
