@@ -6,8 +6,8 @@ blocklisted texts, some bad signatures, some invalid fields — signs them all f
 sends them at once over loopback with bounded concurrency (httpx async). Prints how every
 request was answered and the intake's latency (p50/p90/p99) and throughput.
 
-    .venv/bin/zpipe up
-    .venv/bin/python bench/comment_load.py --n 1000 --concurrency 32
+    ZPIPE_INTAKE_PER_MINUTE=8 ZPIPE_INTAKE_PER_AUTHOR_PER_MINUTE=2 .venv/bin/zpipe up
+    .venv/bin/python bench/comment_load.py --n 1000 --concurrency 32 --authors 200
 
 The stack's rate limits decide how many comments are accepted (202) and how many are
 refused with 429 + Retry-After: `ZPIPE_INTAKE_PER_MINUTE` and
@@ -182,6 +182,9 @@ def summarize(requests: list[Sent], wall_s: float) -> dict:
                        (("p50", .5), ("p90", .9), ("p99", .99), ("max", 1.0))} if latencies else {},
         "latency_ms_by_status": {str(code): round(statistics.median(values), 1) for code, values in
                                  _by_status(requests).items()},
+        "latency_p99_ms_by_status": {str(code): round(_pct(values, .99), 1) for code, values in
+                                     _by_status(requests).items()},
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "answers": [{"kind": kind, "answer": answer, "count": count}
                     for (kind, answer), count in sorted(answers.items())],
     }
@@ -208,8 +211,11 @@ def print_table(summary: dict, args: argparse.Namespace) -> None:
     print(f"| {summary['answered']} | {summary['errors']} | {summary['server_errors']} | "
           f"{summary['wall_s']} | {summary['throughput_rps']} | {lat.get('p50')} | {lat.get('p90')} | "
           f"{lat.get('p99')} | {lat.get('max')} |")
-    by_status = ", ".join(f"{code}: {ms} ms" for code, ms in summary["latency_ms_by_status"].items())
+    p99 = summary["latency_p99_ms_by_status"]
+    by_status = ", ".join(f"{code}: {ms} ms (p99 {p99[code]} ms)"
+                          for code, ms in summary["latency_ms_by_status"].items())
     print(f"\nmedian latency by answer: {by_status}")
+    print("load average after the burst (1, 5, 15 min): " + ", ".join(map(str, summary["load_average"])))
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ EMIT_FAILED = "event not emitted"  # reason prefix of records that a re-send may
 # more threads open and discard a connection per call under a burst, at several ms each
 STORE_THREADS = 10
 REPLAY_CACHE_SIZE = 100_000
+MAX_INDEXED_IDS = 2_000_000  # ledger ids held in memory (~150 MB); past this every comment reads S3
 # Idle keep-alive connections stay open this long: longer than clients' and load balancers'
 # own idle limits (httpx 5 s, AWS ALB 60 s), so the server never closes a connection that a
 # client is just reusing (the client would see a reset, not an answer). uvicorn's default: 5 s.
@@ -199,25 +200,41 @@ class RateLimits:
         self._overall = RateLimitItemPerMinute(overall_per_minute)
         self._lock = threading.Lock()  # test-then-hit both limits as one step
 
-    def acquire(self, brand: str, author: str) -> None:
-        """Count one comment, or raise a 429 HTTPException (with Retry-After) counting nothing."""
-        checks = [
+    def _checks(self, brand: str, author: str) -> list[tuple[Any, tuple[str, ...], str]]:
+        """Each limit on one comment of `author` for `brand`: the item, its ids and why it refuses."""
+        return [
             (self._overall, ("overall",), f"the intake takes at most {self._overall.amount} "
                                           "comments per minute"),
             (self._author, ("author", brand, author), f"author {author!r} may send at most "
                                                       f"{self._author.amount} comments per minute"),
         ]
+
+    def _refusal(self, checks: list[tuple[Any, tuple[str, ...], str]]) -> HTTPException | None:
+        """The 429 if a limit of `checks` is used up (with the wait until they all free); lock held."""
+        blocked = [(item, ids, why) for item, ids, why in checks if not self._limiter.test(item, *ids)]
+        if not blocked:
+            return None
+        waits = [self._limiter.get_window_stats(item, *ids).reset_time - time.time()
+                 for item, ids, _ in blocked]
+        retry_after = max(1, ceil(max(waits)))
+        return HTTPException(429, f"rate limited: {blocked[0][2]}; retry in {retry_after} s",
+                             headers={"Retry-After": str(retry_after)})
+
+    def refusal(self, brand: str, author: str) -> HTTPException | None:
+        """The 429 that `acquire` would raise now, or None; counts nothing."""
         with self._lock:
-            blocked = [(item, ids, why) for item, ids, why in checks if not self._limiter.test(item, *ids)]
-            if not blocked:
+            return self._refusal(self._checks(brand, author))
+
+    def acquire(self, brand: str, author: str) -> None:
+        """Count one comment, or raise a 429 HTTPException (with Retry-After) counting nothing."""
+        checks = self._checks(brand, author)
+        with self._lock:
+            refusal = self._refusal(checks)
+            if refusal is None:
                 for item, ids, _ in checks:
                     self._limiter.hit(item, *ids)
-                return
-            waits = [self._limiter.get_window_stats(item, *ids).reset_time - time.time()
-                     for item, ids, _ in blocked]
-        retry_after = max(1, ceil(max(waits)))
-        raise HTTPException(429, f"rate limited: {blocked[0][2]}; retry in {retry_after} s",
-                            headers={"Retry-After": str(retry_after)})
+        if refusal is not None:
+            raise refusal
 
 
 # -- the service --------------------------------------------------------------------
@@ -279,29 +296,118 @@ def prefect_queue_depth() -> int:
 
 class QueueGauge:
     """The reply queue's depth, asked of `probe` at most once per `ttl_s`, plus the comments
-    this intake queued since (the trigger turns an event into a run a few seconds later)."""
+    this intake queued since (the trigger turns an event into a run a few seconds later) and
+    those it is queuing now (places taken with `take`, so that concurrent comments cannot all
+    pass the cap at once)."""
 
     def __init__(self, probe: Callable[[], int] | None, ttl_s: float = QUEUE_TTL_S):
         self.probe, self.ttl_s = probe, ttl_s
-        self._lock = threading.Lock()
-        self._depth, self._since, self._at = 0, 0, -math.inf
+        self._lock = threading.Lock()  # the numbers below
+        self._probing = threading.Lock()  # one probe at a time
+        self._background: ThreadPoolExecutor | None = None
+        self._depth, self._since, self._pending, self._at = 0, 0, 0, -math.inf
         self.error: str | None = None  # why the last probe failed (None: it answered)
 
-    def depth(self) -> int:
+    def depth(self, wait: bool = True) -> int:
+        """Asks the probe again once `ttl_s` has passed. `wait=False` (a comment's admission) asks
+        in the background and answers with the last depth meanwhile: the Prefect API takes tens
+        of ms, too long to hold a comment for (the very first answer is always waited for)."""
         if self.probe is None:
             return 0
+        if self._stale():
+            if wait or self._at == -math.inf:
+                with self._probing:
+                    if self._stale():  # another caller may have just asked
+                        self._ask()
+            elif self._probing.acquire(blocking=False):
+                if self._background is None:
+                    self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-probe")
+                # in this request's context: Prefect's settings (its API URL) may live there
+                self._background.submit(contextvars.copy_context().run, self._ask_and_release)
         with self._lock:
-            if time.monotonic() - self._at >= self.ttl_s:
-                try:
-                    self._depth, self._since, self.error = self.probe(), 0, None
-                except Exception as exc:  # the probe is pluggable; unknown depth must not refuse comments
-                    self.error = f"{type(exc).__name__}: {exc}"
-                self._at = time.monotonic()
-            return self._depth + self._since
+            return self._depth + self._since + self._pending
 
-    def queued(self) -> None:
+    def take(self, cap: int) -> int | None:
+        """Take a place in the queue for one comment: None if taken, else the depth (at the cap).
+        Then call `release(queued=)` once: True when the comment was queued, False when not."""
+        self.depth(wait=False)  # asks the probe again when due
         with self._lock:
-            self._since += 1
+            depth = self._depth + self._since + self._pending
+            if self.probe is not None and depth >= cap:
+                return depth
+            self._pending += 1
+            return None
+
+    def release(self, queued: bool) -> None:
+        with self._lock:
+            self._pending -= 1
+            self._since += queued
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._at >= self.ttl_s
+
+    def _ask_and_release(self) -> None:
+        try:
+            self._ask()
+        finally:
+            self._probing.release()
+
+    def _ask(self) -> None:
+        try:
+            depth, error = self.probe(), None  # type: ignore[misc]
+        except Exception as exc:  # the probe is pluggable; unknown depth must not refuse comments
+            depth, error = None, f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            if depth is not None:
+                self._depth, self._since = depth, 0
+            self.error = error
+            self._at = time.monotonic()
+
+
+class LedgerIds:
+    """The comment ids in the ledger, held in memory so that refusing a new comment (429) costs
+    no store round trip: under a burst most comments are new and over the rate limit, and a
+    ledger read (S3 GET, then HEAD for a missing key) cost more than everything else they do.
+
+    Complete once `load` has listed the ledger; the intake adds an id before it claims it, so
+    an id not here is not in the ledger (the intake is the ledger's only writer of new records,
+    one process: the replay guard and rate limits assume the same). Until loaded, or past
+    `max_ids`, it knows nothing and every comment reads the ledger, as without it.
+    """
+
+    def __init__(self, ledger: CommentLedger, max_ids: int = MAX_INDEXED_IDS):
+        self.ledger, self.max_ids = ledger, max_ids
+        self._ids: set[str] = set()
+        self._complete = False
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """List the ledger's records (S3: one request per 1,000); then the index is complete."""
+        folder = self.ledger.prefix + "/"
+        try:
+            keys = self.ledger.store.list(folder)
+        except StoreError as exc:  # the index only saves reads: without it, every comment reads
+            logger.warning("comment ids not indexed (every comment reads the ledger): %s", exc)
+            return
+        ids = {key[len(folder):-len(".json")] for key in keys
+               if key.endswith(".json") and "/" not in key[len(folder):]}
+        with self._lock:
+            self._ids |= ids
+            self._complete = len(self._ids) <= self.max_ids
+        logger.info("comment ids indexed: %d in the ledger%s", len(ids),
+                    "" if self._complete else f", past the index's {self.max_ids}: not used")
+
+    def surely_new(self, comment_id: str) -> bool:
+        """True when the ledger has no record of `comment_id`; False when it may have one."""
+        with self._lock:
+            return self._complete and comment_id not in self._ids
+
+    def add(self, comment_id: str) -> None:
+        """Note an id about to be claimed (before the claim: a failed one costs only a read later)."""
+        with self._lock:
+            self._ids.add(comment_id)
+            if len(self._ids) > self.max_ids:
+                self._complete = False
 
 
 class Intake:
@@ -311,6 +417,7 @@ class Intake:
         self.settings = settings
         self.store: ObjectStore = open_store(settings.store_url)
         self.ledger = CommentLedger(self.store)
+        self.ids = LedgerIds(self.ledger)
         self.replays = ReplayGuard(settings.tolerance_s)
         self.limits = RateLimits(settings.per_author_per_minute, settings.overall_per_minute)
         self.emit: Callable[..., Any] = settings.emit or _emit_to_prefect
@@ -339,6 +446,13 @@ class Intake:
             raise HTTPException(404, f"unknown brand {slug!r}; this intake serves: {known}")
         return brand
 
+    def quick_refusal(self, comment: Comment) -> HTTPException | None:
+        """The 429 for a comment surely new to the ledger while its rate limit is used up, decided
+        in memory (no store read, no thread); None: `admit` decides. Counts nothing."""
+        if not self.ids.surely_new(comment.id):
+            return None  # a re-send gets its first answer, whatever the limits
+        return self.limits.refusal(comment.brand, comment.author)
+
     def admit(self, comment: Comment) -> tuple[int, CommentAnswer]:
         """Dedupe, rate-limit, moderate, record and queue one authenticated comment."""
         # 1. A re-sent id gets the first answer (no second image), unless its event never left;
@@ -353,13 +467,23 @@ class Intake:
 
         # 2. Rate limits: per author and overall; a saturated reply queue takes nothing new
         self.limits.acquire(comment.brand, comment.author)
-        depth = self.queue.depth()
-        if depth >= self.settings.max_queue:
+        depth = self.queue.take(self.settings.max_queue)
+        if depth is not None:
             raise HTTPException(503, f"busy: {depth} comment replies are waiting or running (cap "
                                      f"{self.settings.max_queue}); nothing was recorded, re-send the "
                                      f"comment after {RETRY_AFTER_S} s",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
+        queued = False
+        try:
+            status, answer = self._record_and_queue(comment, existing, fingerprint)
+            queued = status == 202
+            return status, answer
+        finally:  # the place taken in the queue: kept by a queued comment, freed otherwise
+            self.queue.release(queued=queued)
 
+    def _record_and_queue(self, comment: Comment, existing: CommentState | None,
+                          fingerprint: str) -> tuple[int, CommentAnswer]:
+        """Moderate, record and emit one admitted comment (its place in the queue taken)."""
         # 3. Moderation, before anything is queued
         text, reason = moderate(comment.text, self.brand(comment.brand).replies)
         fields: dict[str, Any] = {
@@ -373,6 +497,7 @@ class Intake:
         #    a loser whose content differs from the winner's is refused like a later re-send
         if existing is None:
             now = _utcnow()
+            self.ids.add(comment.id)
             record, won = self.ledger.claim(
                 CommentState(id=comment.id, received_at=now, updated_at=now, **fields))
         else:
@@ -395,7 +520,6 @@ class Intake:
                                reason=f"{EMIT_FAILED} ({type(exc).__name__}); re-send the comment to retry")
             raise HTTPException(503, "not queued: the event could not be emitted; re-send the "
                                      "comment later (it will be queued then)") from None
-        self.queue.queued()
         if self.handoff is not None:  # off the request thread: the answer does not wait for it
             # in this request's context: Prefect's settings (its API URL) may live there
             self._handoffs.submit(contextvars.copy_context().run, self._hand_off, comment.id, comment.brand)
@@ -549,6 +673,8 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(warm_keywords)  # the first comment need not wait for it
+        # the ledger's ids, listed in the background: until then every comment reads the ledger
+        threading.Thread(target=intake.ids.load, name="ledger-ids", daemon=True).start()
         yield
 
     app = FastAPI(
@@ -597,7 +723,11 @@ def create_app(settings: IntakeSettings) -> FastAPI:
         # 3. Validate the fields (422) and the brand (404)
         comment = _parse_comment(body)
         intake.brand(comment.brand)
-        # 4. Ledger and emitter do blocking I/O: keep them off the event loop
+        # 4. A new comment over its rate limit is refused here, in memory: under a burst most are
+        refusal = intake.quick_refusal(comment)
+        if refusal is not None:
+            raise refusal
+        # 5. Ledger and emitter do blocking I/O: keep them off the event loop
         status, answer = await anyio.to_thread.run_sync(intake.admit, comment, limiter=store_threads)
         return JSONResponse(answer.model_dump(mode="json"), status_code=status)
 

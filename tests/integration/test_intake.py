@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextvars
 import json
+import random
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -642,3 +644,94 @@ def test_max_queue_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ZPIPE_INTAKE_MAX_QUEUE", "lots")
     with pytest.raises(ConfigError, match="ZPIPE_INTAKE_MAX_QUEUE"):
         load_intake_settings(folder, str(tmp_path))
+
+
+# --- under a burst ---------------------------------------------------------------------
+
+
+def _wait_indexed(run: Running) -> None:
+    """Wait until the intake has listed the ledger's ids (it does so in the background at start)."""
+    deadline = time.monotonic() + 10
+    while not run.app.state.intake.ids.surely_new("never-sent"):
+        assert time.monotonic() < deadline, "the ledger's ids were not listed within 10 s"
+        time.sleep(0.02)
+
+
+def _send_all(url: str, requests: list[tuple[str, bytes, str]], threads: int = 16) -> list[httpx.Response]:
+    """POST every (kind, body, secret) at once from `threads` threads, each signed anew; answers in order."""
+    now = int(time.time())
+
+    def send(n: int) -> httpx.Response:
+        _kind, body, secret = requests[n]
+        return signed_post(url, body, secret=secret, timestamp=now - n % 200)  # distinct signatures
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(send, range(len(requests))))
+
+
+def test_every_answer_kind_holds_under_a_burst(start_intake):
+    """Concurrent new comments over the limits, re-sends, changed re-sends, bad signatures and
+    invalid bodies, with a reply-queue cap: each gets its own answer, and the ledger and the
+    events hold exactly the accepted comments (refusals on the in-memory path record nothing)."""
+    recorder = Recorder()
+    run = start_intake(emit=recorder, per_author_per_minute=2, overall_per_minute=6, max_queue=3,
+                       queue_depth=lambda: len(recorder.events))
+    _wait_indexed(run)
+    first = post_comment(run.url, SECRET, comment("first"))
+    assert first.status_code == 202
+
+    def body(**fields: str) -> bytes:
+        return json.dumps({**comment(), **fields}).encode()
+
+    requests = (
+        [("new", body(id=f"n{k}", author=f"user{k % 40}"), SECRET) for k in range(120)]
+        + [("resend", body(id="first"), SECRET)] * 20
+        + [("changed", body(id="first", text="另一段文字"), SECRET)] * 10
+        + [("bad_signature", body(id=f"b{k}"), "not-the-intake-secret") for k in range(10)]
+        + [("invalid", body(id=f"bad id {k}"), SECRET) for k in range(10)]
+    )
+    random.Random(7).shuffle(requests)
+    answers = _send_all(run.url, requests)
+
+    by_kind: dict[str, list[httpx.Response]] = {}
+    for (kind, _, _), answer in zip(requests, answers, strict=True):
+        by_kind.setdefault(kind, []).append(answer)
+    assert {r.status_code for r in by_kind["resend"]} == {200}  # over the limits, still its first answer
+    assert {r.json()["state"] for r in by_kind["resend"]} == {"queued"}
+    assert {r.status_code for r in by_kind["changed"]} == {409}
+    assert {r.status_code for r in by_kind["bad_signature"]} == {401}
+    assert {r.status_code for r in by_kind["invalid"]} == {422}
+    new = {r.status_code for r in by_kind["new"]}
+    assert new <= {202, 429, 503} and {429, 503} <= new, new
+    for r in by_kind["new"]:
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1 and "rate limited" in r.json()["detail"]
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "5" and "cap 3" in r.json()["detail"]
+    accepted = sorted(r.json()["id"] for r in by_kind["new"] if r.status_code == 202)
+    # the cap: 3 replies queued, even for comments admitted at the same moment (each takes its
+    # place before it is recorded); the limit: 6 comments a minute (a 503 counts, a 429 not)
+    assert 1 + len(accepted) == 3
+    assert 1 + len(accepted) + sum(r.status_code == 503 for r in by_kind["new"]) == 6
+    stored = sorted(key.removeprefix("_comments/").removesuffix(".json")
+                    for key in run.app.state.intake.store.list("_comments/"))
+    assert stored == sorted(["first", *accepted])  # nothing refused was recorded, nothing half-written
+    assert sorted(e["payload"]["id"] for e in recorder.events) == sorted(["first", *accepted])
+
+
+def test_a_restarted_intake_answers_a_resend_over_the_limit_from_the_ledger(start_intake, tmp_path):
+    """The in-memory refusal path knows the ids of comments recorded before the intake started
+    (it lists the ledger): a re-send of one is answered 200, even with the limit used up."""
+    store = str(tmp_path / "shared-store")
+    assert post_comment(start_intake(store).url, SECRET, comment("kept")).status_code == 202
+    again = start_intake(store, overall_per_minute=1)
+    _wait_indexed(again)
+    assert not again.app.state.intake.ids.surely_new("kept")
+    now = int(time.time())
+    assert post_comment(again.url, SECRET, comment("fills", author="bo"), timestamp=now).status_code == 202
+    over = post_comment(again.url, SECRET, comment("over", author="cy"), timestamp=now)
+    assert over.status_code == 429 and again.ledger.get("over") is None
+    resent = post_comment(again.url, SECRET, comment("kept"), timestamp=now - 1)
+    assert (resent.status_code, resent.json()["state"]) == (200, "queued")
+    changed = post_comment(again.url, SECRET, comment("kept", text="另一段文字"), timestamp=now - 2)
+    assert changed.status_code == 409
