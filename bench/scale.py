@@ -2,7 +2,7 @@
 
 Real processes everywhere except the model: a `prefect server` (SQLite, or PostgreSQL in a
 database of its own, dropped after), SeaweedFS with auth (`weed mini`, as `zpipe up` starts
-it), N `zpipe worker` processes (`python -m bench.standin LATENCY worker --gpu-slots N`: the
+it), N `zpipe worker` processes (`python -m bench.standin LATENCY worker`: the
 real worker command on bench.standin's fixed-latency engine), and the `weekly-campaign` flow
 called in this process with `generation: workers`, publishing to S3. For each database and
 worker count it runs one campaign of `--images` images and reports throughput against the
@@ -56,9 +56,10 @@ from tests.processes import stop_process  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WEEK = "2026-W48"
-DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 FORMATS = ["1:1", "9:16", "4:5", "3:4", "16:9"]
 MAX_VARIANTS = 16  # VariantsConfig.count's bound
+# Any number of images: a catalogue of SKUs x formats x variants (one day), so a 1,000-image
+# campaign is 125 SKUs x 2 formats x 4 variants; keys and seeds come from the SKU ids.
 CAMPAIGN = """\
 kind: campaign
 name: scale
@@ -72,8 +73,9 @@ formats: {formats}
 variants: {variants}
 output: {{format: jpeg, quality: 90}}
 trends: {{sources: []}}
+catalogue: {{url: ../catalogues/{catalogue}}}
 days:
-{days}
+  mon: {{zh: 本周新品, en: this week's products}}
 """
 
 
@@ -84,25 +86,30 @@ def _port() -> int:
 
 
 def _shape(images: int) -> tuple[int, int, int]:
-    """(days, formats, variants) whose product is `images`, most days and fewest formats first."""
-    for days in range(7, 0, -1):
-        for formats in range(1, len(FORMATS) + 1):
-            variants, rest = divmod(images, days * formats)
-            if not rest and 1 <= variants <= MAX_VARIANTS:
-                return days, formats, variants
-    raise SystemExit(f"--images {images} is not days (<=7) x formats (<=5) x variants (<=16)")
+    """(SKUs, formats, variants) whose product is `images`: 2 formats x 4 variants when it
+    divides, else the fewest formats and most variants that do."""
+    if images % 8 == 0:
+        return images // 8, 2, 4
+    for formats in range(1, len(FORMATS) + 1):
+        for variants in range(MAX_VARIANTS, 0, -1):
+            skus, rest = divmod(images, formats * variants)
+            if not rest:
+                return skus, formats, variants
+    raise SystemExit(f"--images {images}: not SKUs x formats (<=5) x variants (<=16)")
 
 
 def write_campaign(root: Path, images: int, qa: bool, max_batch: int, scale: float) -> tuple[Path, Path]:
     """A copy of configs/ with a campaign of `images` images and a workers settings file."""
     if not (root / "configs").exists():
         shutil.copytree(REPO / "configs", root / "configs")
-    days, formats, variants = _shape(images)
-    lines = "\n".join(f"  {d}: {{zh: 第{i + 1}天的海报, en: poster of day {i + 1}}}"
-                      for i, d in enumerate(DAYS[:days]))
+    skus, formats, variants = _shape(images)
+    catalogue = f"scale-{images}.csv"
+    rows = [f"S{i:04d},第{i + 1}号新品,product {i + 1}" for i in range(skus)]
+    (root / "configs/catalogues" / catalogue).write_text(
+        "sku,name_zh,name_en\n" + "\n".join(rows) + "\n", encoding="utf-8")
     campaign = root / f"configs/campaigns/scale-{images}.yaml"
     campaign.write_text(CAMPAIGN.format(formats=json.dumps(FORMATS[:formats]), variants=variants,
-                                        days=lines), encoding="utf-8")
+                                        catalogue=catalogue), encoding="utf-8")
     settings = root / "configs/settings.scale.yaml"
     settings.write_text(
         "kind: settings\n"
@@ -113,6 +120,30 @@ def write_campaign(root: Path, images: int, qa: bool, max_batch: int, scale: flo
 
 
 # -- servers -------------------------------------------------------------------------------
+
+SERVICE_PIDS: dict[str, int] = {}  # "s3", "prefect": the pid of each running service
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each role's processes and their live
+    children, and by the whole machine (`machine`: every process, this bench's included)."""
+    import psutil
+
+    used: dict[str, float] = {}
+    for role, role_pids in pids.items():
+        used[role] = 0.0
+        for pid in role_pids:
+            try:
+                proc = psutil.Process(pid)
+                for one in [proc, *proc.children(recursive=True)]:
+                    times = one.cpu_times()
+                    used[role] += times.user + times.system
+            except psutil.Error:  # gone: its share is lost, and the table says 0
+                continue
+    machine = psutil.cpu_times()
+    used["machine"] = machine.user + machine.system + machine.nice + getattr(machine, "irq", 0.0) \
+        + getattr(machine, "softirq", 0.0)
+    return used
 
 
 def _wait(probe, proc: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
@@ -154,6 +185,7 @@ def s3_server(root: Path) -> Iterator[dict[str, str]]:
                                   aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
                                   region_name="us-east-1")
             _wait(lambda: client.list_buckets() is not None, proc, log, "SeaweedFS", 60)
+            SERVICE_PIDS["s3"] = proc.pid
             yield env
         finally:
             stop_process(proc, 15)
@@ -192,6 +224,7 @@ def prefect_server(root: Path, database_url: str | None) -> Iterator[str]:
         try:
             _wait(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, proc, log,
                   "the Prefect server", 180)
+            SERVICE_PIDS["prefect"] = proc.pid
             yield url
         finally:
             stop_process(proc, 20)
@@ -212,7 +245,7 @@ def workers(count: int, latency: float, settings: Path, env: dict[str, str],
             outs.append(out)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.standin", str(latency), "worker", "--settings",
-                 str(settings), "--gpu-slots", str(count)],
+                 str(settings)],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
         pids = {f"{socket.gethostname()}-{p.pid}" for p in procs}
 
@@ -252,6 +285,7 @@ class Run:
     standin_images: int = 0
     worker_pids: tuple[int, ...] = ()
     made_by_pids: tuple[int, ...] = ()
+    cores: dict[str, float] | None = None  # CPU cores busy on average, per role and machine-wide
 
     @property
     def rate(self) -> float:
@@ -276,16 +310,17 @@ def _sidecars(bucket: str, prefix: str) -> tuple[list[str], list[dict]]:
 
 
 def _generation_task_runs(started: datetime) -> int:
+    """Generation task runs started since `started` (one per batch unless one was handed over)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime, TaskRunFilterTags
 
     from tasks.orchestration.handover import GENERATION_TAG
 
+    runs_filter = TaskRunFilter(tags=TaskRunFilterTags(all_=[GENERATION_TAG]),
+                                start_time=TaskRunFilterStartTime(after_=started))
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-            tags=TaskRunFilterTags(all_=[GENERATION_TAG]),
-            start_time=TaskRunFilterStartTime(after_=started)), limit=200)
-    return len(runs)
+        return client.request("POST", "/task_runs/count", json={
+            "task_runs": runs_filter.model_dump(mode="json", exclude_unset=True)}).json()
 
 
 def run_campaign(campaign: Path, settings: Path, bucket: str, db: str, count: int, pids: list[int],
@@ -294,11 +329,16 @@ def run_campaign(campaign: Path, settings: Path, bucket: str, db: str, count: in
     from flows.campaign import weekly_campaign
 
     prefix = f"{db}-{count}w-{uuid.uuid4().hex[:6]}"
+    roles = {"flow": [os.getpid()], "server": [SERVICE_PIDS["prefect"]], "s3": [SERVICE_PIDS["s3"]],
+             "workers": pids}
+    cpu_before = cpu_seconds(roles)
     started_at = datetime.now(UTC)
     started = time.time()
     summary = weekly_campaign(str(campaign), week=WEEK, store=f"s3://{bucket}/{prefix}",
                               settings=str(settings))
     ended = time.time()
+    cpu_after = cpu_seconds(roles)
+    cores = {role: (cpu_after[role] - cpu_before[role]) / (ended - started) for role in cpu_after}
     keys, sidecars = _sidecars(bucket, prefix + "/")
     assert len(summary.created) == images and not summary.failed, summary
     assert len(keys) == len(set(keys)) == images, f"{len(keys)} images in S3, planned {images}"
@@ -322,7 +362,7 @@ def run_campaign(campaign: Path, settings: Path, bucket: str, db: str, count: in
                task_runs=_generation_task_runs(started_at), keys_in_s3=len(keys),
                unique_keys=len(set(keys)),
                standin_images=sum(s["model"]["id"] == "standin" for s in sidecars),
-               worker_pids=tuple(pids), made_by_pids=tuple(sorted(made_by)))
+               worker_pids=tuple(pids), made_by_pids=tuple(sorted(made_by)), cores=cores)
 
 
 def plain_loop(campaign: Path, settings: Path, bucket: str, latency: float) -> tuple[float, int]:
@@ -332,13 +372,15 @@ def plain_loop(campaign: Path, settings: Path, bucket: str, latency: float) -> t
 
     from bench.standin import StandInEngine
     from tasks.config.schema import load_campaign, load_settings, parse_week
+    from tasks.content.catalogue import read_catalogue
     from tasks.content.plan import brand_fingerprint, plan_week
     from tasks.generation.engine import to_request
 
     bundle = load_campaign(campaign)
     engine = load_settings(settings).engine
     week, monday = parse_week(WEEK, datetime.now(UTC).date())
-    requests = [to_request(j) for j in plan_week(bundle, week, monday, [], engine, brand_fingerprint(bundle))]
+    requests = [to_request(j) for j in plan_week(bundle, week, monday, [], engine, brand_fingerprint(bundle),
+                                                 catalogue=read_catalogue(bundle))]
     standin, s3 = StandInEngine(latency), boto3.client("s3")
     started = time.perf_counter()
     for i, request in enumerate(requests):
@@ -357,6 +399,7 @@ def plain_loop(campaign: Path, settings: Path, bucket: str, latency: float) -> t
 
 def bench(args: argparse.Namespace) -> dict:
     import boto3
+    from prefect.logging.handlers import APILogHandler
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_LOCAL_STORAGE_PATH,
@@ -399,6 +442,7 @@ def bench(args: argparse.Namespace) -> dict:
                     runs.append(run)
                     print(f"{db} {count} worker(s): {run.wall_s:.2f} s, {run.rate:.2f} images/s, "
                           f"{run.efficiency:.1%} of ideal", flush=True)
+                APILogHandler.flush()  # the flow's logs reach this server before it stops
     shutil.rmtree(root, ignore_errors=True)
     return _report(args, runs, plain)
 
@@ -423,6 +467,13 @@ def _report(args: argparse.Namespace, runs: list[Run], plain: dict[str, float]) 
         print(f"| {r.database} | {r.workers} | {r.wall_s:.2f} | {r.rate:.2f} | {r.workers / r.latency:.2f} "
               f"| {r.efficiency:.1%} | {r.head_s:.2f} | {gap} | {r.busy_share:.1%} | {r.tail_s:.2f} "
               f"| {r.label_median_s:.3f} | {r.task_runs} ({r.batches} batches) |")
+    print(f"\nCPU: cores busy on average during each campaign ({os.cpu_count()} in the machine)\n")
+    print("| database | workers | flow (this process) | Prefect server | S3 | workers | machine |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs:
+        c = r.cores or {}
+        print(f"| {r.database} | {r.workers} | {c.get('flow', 0):.2f} | {c.get('server', 0):.2f} "
+              f"| {c.get('s3', 0):.2f} | {c.get('workers', 0):.2f} | {c.get('machine', 0):.2f} |")
     if plain:
         print(f"\n| 1 worker vs plain loop | wall s | vs plain | vs ideal {ideal_1:.1f} s |")
         print("|---|---|---|---|")
@@ -440,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     parser.add_argument("--workers", type=ints, default=[1, 2, 4, 8], help="worker counts, e.g. 1,2,4,8")
     parser.add_argument("--images", type=int, default=224,
-                        help="images per campaign (days x formats x variants)")
+                        help="images per campaign (catalogue SKUs x formats x variants)")
     parser.add_argument("--latency", type=float, default=0.3, help="stand-in seconds per image")
     parser.add_argument("--databases", type=lambda t: t.split(","), default=["sqlite", "postgres"],
                         help="sqlite,postgres")

@@ -4,7 +4,7 @@ Never a default and never selectable from settings: the only way in is this modu
 point, which runs the real `zpipe worker` command (same CLI, same `run_worker`, same
 `generate_on_worker` task) with the process's engine factory replaced by a `StandInEngine`:
 
-    python -m bench.standin 0.3 worker --settings S.yaml --gpu-slots 8
+    python -m bench.standin 0.3 worker --settings S.yaml
 
 (first argument: seconds per image; the rest are `zpipe` arguments). The engine sleeps
 `latency_s` per image (`time.sleep` releases the GIL, as a CUDA call waiting on the GPU does),

@@ -1,9 +1,7 @@
-"""Names shared by the processes of a running zpipe: events, limits, flows.
+"""Names shared by the processes of a running zpipe: events and flows.
 
 Schedules and triggers themselves are declared in `flows/deployments.py`.
 """
-
-from tasks.orchestration.handover import GPU_CONCURRENCY_LIMIT
 
 COMMENT_EVENT = "zpipe.comment.received"          # emitted by the intake, triggers comment-reply
 COMMENT_RESOURCE_PREFIX = "zpipe.comment."         # + comment id
@@ -22,7 +20,6 @@ __all__ = [
            "COMMENT_EVENT",
            "COMMENT_FLOW",
            "COMMENT_RESOURCE_PREFIX",
-           "GPU_CONCURRENCY_LIMIT",
            "HELD_EVENT",
            "HELD_RESOURCE_PREFIX",
            "HELD_REVIEW_FLOW",

@@ -8,8 +8,8 @@
   (what `zpipe serve` builds for configs/campaigns);
 - compose.yaml: every required `${VAR:?}` is in .env.example, .env is git-ignored, build files exist;
 - k8s/: kustomization lists every manifest (but the secret template), one namespace, every
-  Secret key / ConfigMap / PVC that a workload references exists, GPU worker replicas equal
-  its --gpu-slots;
+  Secret key / ConfigMap / PVC that a workload references exists, each GPU worker pod holds
+  exactly one GPU;
 - Dockerfiles: FROM first, COPY sources exist, a non-root USER, an ENTRYPOINT (hadolint is
   not installable from PyPI, so this is a structural check only).
 
@@ -278,11 +278,11 @@ def check_k8s(docs: dict[Path, list[Any]]) -> list[str]:
                         "#21218): serve task-worker traffic from exactly one API replica")
     gpu = by_kind.get("Deployment", {}).get("zpipe-gpu-worker")
     if gpu:
-        args = gpu["spec"]["template"]["spec"]["containers"][0].get("args", [])
-        slots = args[args.index("--gpu-slots") + 1] if "--gpu-slots" in args else "1"
-        if str(gpu["spec"].get("replicas", 1)) != str(slots):
-            problems.append(f"infra/k8s/gpu-worker.yaml: replicas {gpu['spec'].get('replicas', 1)} but "
-                            f"--gpu-slots {slots}: the global `gpu` limit must equal the number of GPUs")
+        limits = gpu["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+        if str(limits.get("nvidia.com/gpu")) != "1":
+            problems.append(f"infra/k8s/gpu-worker.yaml: nvidia.com/gpu {limits.get('nvidia.com/gpu')}: "
+                            "one `zpipe worker` per GPU (it runs one batch at a time on its one GPU); "
+                            "scale with replicas")
     return problems
 
 

@@ -211,7 +211,6 @@ def generate(
 @app.command()
 def worker(
     settings: Annotated[Path | None, typer.Option(help="settings YAML (model, device)")] = None,
-    gpu_slots: Annotated[int, typer.Option(help="size of the global `gpu` concurrency limit")] = 1,
 ) -> None:
     """Run a resident generation task worker (one per GPU): loads the model once, serves batches."""
     _quiet_prefect(verbose=True)
@@ -222,7 +221,7 @@ def worker(
         config = load_settings(settings or _default_settings())
         err.print(f"worker: model {config.engine.model}, device {config.engine.device}",
                   highlight=False)
-        run_worker(config, gpu_slots=gpu_slots)
+        run_worker(config)
     except ZpipeError as exc:
         raise _fail(exc) from None
 

@@ -93,10 +93,6 @@ class Environment(BaseSettings):
     worker_pickup_s: float = Field(
         default=60.0, gt=0, description="queued this long while others ran or workers idled: hand it over")
     worker_poll_s: float = Field(default=5.0, gt=0, description="how often a waiting flow looks")
-    worker_lease_s: float = Field(
-        default=60.0, ge=60, le=86400, description="lease of a gpu slot; Prefect's minimum is 60 s")
-    worker_slot_wait_s: float = Field(
-        default=30.0, gt=0, description="wait for a gpu slot before reclaiming leaked ones")
     worker_max_handovers: int = Field(default=3, ge=0, description="hand-overs of one batch, then fail")
     worker_server_wait_s: float = Field(
         default=600.0, gt=0, description="wait this long for an unreachable Prefect API")

@@ -4,13 +4,14 @@ Two ways to run generation, same code:
 - `generate_batch` (tasks.steps.generation): in the flow's own process (a plain `zpipe run`,
   no server needed);
 - `generate_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
-  `.delay()`. The worker keeps the engine loaded across flow runs and holds the global
-  concurrency limit `gpu` while it generates; its results persist to result storage so the
-  flow's process can read them back.
+  `.delay()`. The worker keeps the engine loaded across flow runs and generates one batch at
+  a time while it prepares the next; its results persist to result storage so the flow's
+  process can read them back.
 
 Handing work to workers must survive a worker or server that dies. Prefect's task-run queue
 lives in the server's memory: it forgets a run once a worker acknowledged it (a worker killed
-mid-batch leaves its run RUNNING for ever, plus the one batch it had prefetched) and a server
+mid-batch leaves its runs RUNNING for ever: the one generating, the one waiting for the GPU
+and the one it had prefetched) and a server
 restart forgets every queued run. So `generate_on_worker.delay()` returns a `HandedOver`
 future: the worker beats a progress artifact on the run while it generates, and the flow's
 `result()` hands a batch over again (a new task run, the old one marked Crashed) when the
@@ -28,8 +29,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -38,7 +38,6 @@ from prefect import Task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import StateType, TaskRun
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import CrashedRun, MissingContextError
 from prefect.futures import PrefectDistributedFuture
 from prefect.states import Cancelled, Crashed, State
@@ -53,7 +52,12 @@ from zengine import (
     GenerationResult,
 )
 
-GPU_CONCURRENCY_LIMIT = "gpu"  # one slot per GPU; `zpipe worker` makes sure it exists
+# This process's GPU: a worker holds two pieces of work at once, one batch generates at a time.
+# Only this lock guards it: one worker per GPU is the deployment's rule (infra/check_infra.py).
+# A global `gpu` concurrency slot taken per batch cost 0.1-0.4 s of the GPU's time per batch on
+# SQLite (acquire + release, a lease renewed in the background), and a slot released by one
+# batch sometimes stayed taken for the next: the worker then waited out its 30 s timeout.
+THIS_GPU = threading.Lock()
 GENERATION_TAG = "zpipe-generation"  # on worker batches: a flow sees which started after its own
 HEARTBEAT = "zpipe heartbeat"  # starts the description of a batch's heartbeat artifact
 HANDED_OVER = "handed over again"  # starts the message of a run whose batch went to another run
@@ -94,8 +98,6 @@ class WorkerPolicy(BaseModel):
     stale_s: float = _worker_field("stale_s")
     pickup_s: float = _worker_field("pickup_s")
     poll_s: float = _worker_field("poll_s")
-    lease_s: float = _worker_field("lease_s")
-    slot_wait_s: float = _worker_field("slot_wait_s")
     max_handovers: int = _worker_field("max_handovers")
     server_wait_s: float = _worker_field("server_wait_s")
 
@@ -197,55 +199,8 @@ def _handed_over(client: SyncPrefectClient, task_run_id: UUID) -> str | None:
     return None
 
 
-def reclaim_gpu_slots() -> int:
-    """Free `gpu` slots that dead workers still hold, when no other generation worker is up.
-
-    A killed worker keeps its slot until its lease expires (a minute at least), and a server
-    restart forgets leases but not the count, so the slot never comes back. With no other
-    worker connected nobody can hold a slot legitimately: set the count to zero.
-    Returns the number of slots freed.
-    """
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
-
-    me = f"{socket.gethostname()}-{os.getpid()}"  # prefect.task_worker.TaskWorker.client_id
-    with get_client(sync_client=True) as client:
-        workers = generation_workers(client)
-        if any(worker["identifier"] != me for worker in workers):
-            return 0
-        try:
-            limit = client.read_global_concurrency_limit_by_name(GPU_CONCURRENCY_LIMIT)
-        except ObjectNotFound:
-            return 0
-        if limit.active_slots == 0:
-            return 0
-        client.update_global_concurrency_limit(GPU_CONCURRENCY_LIMIT,
-                                               GlobalConcurrencyLimitUpdate(active_slots=0))
-    _logger().warning("freed %d `%s` slot(s) held by workers that are gone", limit.active_slots,
-                      GPU_CONCURRENCY_LIMIT)
-    return limit.active_slots
-
-
-@contextmanager
-def gpu_slot(policy: WorkerPolicy) -> Iterator[None]:
-    """Hold one `gpu` slot; after `slot_wait_s`, reclaim slots leaked by dead workers once."""
-    def hold(timeout_s: float | None) -> Any:
-        # the GPU keeps working when a renewal fails (server restarting): the lease only
-        # frees the slot of a worker that died
-        return concurrency(GPU_CONCURRENCY_LIMIT, occupy=1, strict=True, timeout_seconds=timeout_s,
-                           lease_duration=policy.lease_s, raise_on_lease_renewal_failure=False)
-
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(hold(policy.slot_wait_s))
-        except TimeoutError:
-            reclaim_gpu_slots()
-            stack.enter_context(hold(None))
-        yield
-
-
 def _generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult] | State:
-    """Generate a batch on a resident GPU task worker, holding one `gpu` concurrency slot."""
+    """Generate a batch on a resident GPU task worker, one batch at a time on its GPU."""
     from prefect.runtime import task_run
 
     policy = load_worker_policy()
@@ -253,7 +208,9 @@ def _generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[
         handed_over = _handed_over(client, UUID(task_run.id))
     if handed_over:  # a flow gave up on this run and queued the batch again: don't make it twice
         return Cancelled(message=f"not generated: {handed_over}")
-    with Heartbeat(_batch_name(), policy.heartbeat_s) as beat, gpu_slot(policy):
+    # a worker runs two pieces of work at once (flows.services.worker): this one's run state,
+    # check and heartbeat overlap the other's generation; the GPU takes one batch at a time
+    with Heartbeat(_batch_name(), policy.heartbeat_s) as beat, THIS_GPU:
         return generate_images(jobs, settings, on_step=beat.on_step)
 
 

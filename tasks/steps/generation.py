@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from prefect import task
 from prefect.futures import PrefectFuture
@@ -16,6 +18,11 @@ from tasks.steps.policies import ENGINE_RETRY, NEVER_CACHE
 from zengine import GenerationResult
 
 __all__ = ["generate_batch", "generate_batches", "generate_on_worker"]
+
+# Batches handed to resident workers at once: each hand-over is a server round trip (a task
+# run created, its parameters stored), 0.1-0.5 s on a busy SQLite server; one after another
+# they fed 8 workers less than a third of what they could take (bench/RESULTS.md, scale).
+HANDOVER_THREADS = 8
 
 
 @task(name="generate-batch", task_run_name=_batch_name, cache_policy=NEVER_CACHE,
@@ -42,9 +49,7 @@ def generate_batches(batches: list[list[ImageJob]], engine: EngineSettings, on_w
     not done within `timeout` s raises.
     """
     if on_workers:
-        futures = [(batch, generate_on_worker.delay(batch, engine)) for batch in batches]
-        for batch, future in futures:
-            yield batch, future.result(timeout=timeout)
+        yield from _on_workers(batches, engine, timeout)
         return
     in_flight: deque[tuple[list[ImageJob], PrefectFuture]] = deque()
     queue = deque(batches)
@@ -54,3 +59,19 @@ def generate_batches(batches: list[list[ImageJob]], engine: EngineSettings, on_w
             in_flight.append((batch, generate_batch.submit(batch, engine)))
         batch, future = in_flight.popleft()
         yield batch, future.result(timeout=timeout)
+
+
+def _on_workers(batches: list[list[ImageJob]], engine: EngineSettings, timeout: float | None,
+                ) -> Iterator[tuple[list[ImageJob], list[GenerationResult]]]:
+    """Hand every batch over from `HANDOVER_THREADS` threads, in order (the server's queue is
+    first in, first out), and wait for them in that order."""
+    pool = ThreadPoolExecutor(HANDOVER_THREADS, thread_name_prefix="hand-over")
+    try:
+        # each hand-over in a copy of this context: the flow run it belongs to lives there
+        handing: list[tuple[list[ImageJob], Future]] = [
+            (batch, pool.submit(contextvars.copy_context().run, generate_on_worker.delay, batch, engine))
+            for batch in batches]
+        for batch, handed in handing:
+            yield batch, handed.result().result(timeout=timeout)
+    finally:  # the flow stopped early: batches not handed over yet never are
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -31,8 +31,7 @@ BIN = Path(sys.executable).parent
 PREFIX = "zpipe"
 # Short worker timings: a beat a second, a silent worker given up after 6 s.
 WORKER_ENV = {"ZPIPE_WORKER_HEARTBEAT_S": "1", "ZPIPE_WORKER_STALE_S": "6",
-              "ZPIPE_WORKER_PICKUP_S": "2", "ZPIPE_WORKER_POLL_S": "1",
-              "ZPIPE_WORKER_SLOT_WAIT_S": "5"}
+              "ZPIPE_WORKER_PICKUP_S": "2", "ZPIPE_WORKER_POLL_S": "1"}
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
          "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
 
@@ -69,10 +68,9 @@ class Worker:
         self.api_url, self.settings, self.env, self.logs = api_url, settings, env, logs
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, gpu_slots: int = 1) -> subprocess.Popen:
+    def start(self) -> subprocess.Popen:
         log = open(self.logs / f"worker{len(self.procs)}.log", "wb")  # noqa: SIM115 - closed by the OS
-        proc = subprocess.Popen([str(BIN / "zpipe"), "worker", "--settings", str(self.settings),
-                                 "--gpu-slots", str(gpu_slots)],
+        proc = subprocess.Popen([str(BIN / "zpipe"), "worker", "--settings", str(self.settings)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 env={**self.env, "PREFECT_API_URL": self.api_url})
         self.procs.append(proc)
@@ -221,7 +219,7 @@ def test_worker_killed_mid_batch_is_handed_over_and_every_image_made_once(
 
 def test_three_workers_share_the_batches_and_a_killed_ones_batch_finishes_on_another(
         prefect_api, zpipe_cache, s3_server, s3_bucket, s3_env, tmp_path, monkeypatch):
-    """N resident workers on one machine (one per GPU, `--gpu-slots 3`): a week's batches spread
+    """N resident workers on one machine (one per GPU): a week's batches spread
     over all of them; SIGKILL of one mid-batch hands its batch to a worker still running;
     every image exists exactly once."""
     from prefect.client.orchestration import get_client
@@ -237,7 +235,7 @@ def test_three_workers_share_the_batches_and_a_killed_ones_batch_finishes_on_ano
     campaign = _one_format_campaign(tmp_path)
     env = {**os.environ, "ZPIPE_CACHE": str(zpipe_cache)}
     workers = Worker(prefect_api, settings, env, tmp_path)
-    procs = [workers.start(gpu_slots=3) for _ in range(3)]
+    procs = [workers.start() for _ in range(3)]
     try:
         for proc in procs:
             workers.wait_ready(proc)
