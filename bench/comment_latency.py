@@ -2,9 +2,12 @@
 
 Starts `zpipe up` in a temporary home (real Prefect server, SeaweedFS, resident task worker,
 `zpipe serve`, intake), posts N signed comments one after another, polls each status URL
-until `done`, then stops the stack. For each comment it splits the wall time into the work
-(generation on the worker + label, from the sidecar) and the rest (event -> trigger -> flow
-run start, task hand-off to the worker, upload, ledger updates): the orchestration share.
+until `done` (every `POLL_S`), then stops the stack. "Done" is measured twice: when the poll
+saw it, and when the reply recorded it (the ledger record's `updated_at`, stamped after the
+upload: the image is in S3 by then); both against the wall clock of this machine, from the
+moment the intake's 202 arrived. For each comment it splits the time into the work
+(generation + label + QA gate, from the sidecar) and the rest (event -> trigger -> flow run
+start, or hand-off to the worker; upload, ledger updates): the orchestration share.
 
     .venv/bin/python bench/comment_latency.py --n 20
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import socket
@@ -28,8 +32,11 @@ import boto3
 import httpx
 
 from flows.services.intake import post_comment
+from tasks.steps.comments import CLOSED_MESSAGE as CLOSED
+from tasks.store.keys import COMMENTS
 
 REPO = Path(__file__).resolve().parents[1]
+POLL_S = 0.05  # between two status polls: at most this much of "status done" is the poll's
 ZPIPE = str(Path(sys.executable).parent / "zpipe")
 
 
@@ -37,6 +44,11 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _utc_s(stamp: str | None) -> float:
+    """An API or ledger timestamp as epoch seconds (NaN when missing)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else math.nan
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -57,6 +69,7 @@ def main() -> None:
 def measure(n: int, fast_path: bool) -> None:
     """One stack, `n` sequential comments after a warm-up; prints the table."""
     home = Path(tempfile.mkdtemp(prefix="zpipe-bench-"))
+    load_before = os.getloadavg()[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
     env["ZPIPE_INTAKE_FAST_PATH"] = "true" if fast_path else "false"
     run = lambda *a: subprocess.run([ZPIPE, *a, "--home", str(home)], cwd=REPO, env=env,  # noqa: E731
@@ -70,52 +83,82 @@ def measure(n: int, fast_path: bool) -> None:
         s3 = boto3.client("s3", endpoint_url=info["s3_endpoint_url"], region_name="us-east-1",
                           aws_access_key_id=creds["aws_access_key_id"],
                           aws_secret_access_key=creds["aws_secret_access_key"])
-        totals, work, accept, by_worker = [], [], [], 0
+        totals, recorded, picked, work, accept, by_worker = [], [], [], [], [], 0
+        event_runs: dict[str, int] = {}
         for i in range(n + 1):  # comment 0 warms up (first flow-run imports, jieba)
             comment = {"id": f"bench-{i}-{int(time.time())}", "author": f"user{i}", "brand": "demo",
                        "post_id": "p-1", "text": f"第{i}杯桂花拿铁真好喝 osmanthus latte #{i}"}
             started = time.perf_counter()
             answer = post_comment(info["intake_url"], secret, comment)
-            accepted = time.perf_counter()
+            accepted, accepted_at = time.perf_counter(), time.time()
             answer.raise_for_status()
             url = info["intake_url"].rstrip("/") + answer.json()["status_url"]
             while (status := httpx.get(url, timeout=10).json())["state"] not in ("done", "failed"):
-                time.sleep(0.05)
+                time.sleep(POLL_S)
             done = time.perf_counter()
             if status["state"] != "done":
                 raise SystemExit(f"comment failed: {status}")
+            record = json.loads(s3.get_object(Bucket=info["bucket"],
+                                              Key=f"{COMMENTS}/{comment['id']}.json")["Body"].read())
             key = next(o["Key"] for o in s3.list_objects_v2(
                 Bucket=info["bucket"], Prefix="demo/comments/")["Contents"]
                 if comment["id"] in o["Key"] and o["Key"].endswith(".json"))
-            timings = json.loads(s3.get_object(Bucket=info["bucket"], Key=key)["Body"].read())["timings"]
+            sidecar = json.loads(s3.get_object(Bucket=info["bucket"], Key=key)["Body"].read())
             if i == 0:
                 continue
-            by_worker += _answered_on_worker(info["prefect_api_url"], status["flow_run_id"])
+            api = info["prefect_api_url"]
+            on_worker, running_at = _answering_run(api, status["flow_run_id"])
+            by_worker += on_worker
             totals.append(done - accepted)
+            recorded.append(_utc_s(record["updated_at"]) - accepted_at)
+            picked.append(running_at - accepted_at)
             accept.append(accepted - started)
-            work.append(timings["batch_s"] + timings["encode_s"] + timings["label_s"])
+            timings, qa = sidecar["timings"], (sidecar.get("qa") or {}).get("timings_s", {})
+            work.append(timings["batch_s"] + timings["encode_s"] + timings["label_s"] + sum(qa.values()))
+        time.sleep(8)  # let the last event's run end (or the fast path close it)
+        for state in _event_run_fates(info["prefect_api_url"]):
+            event_runs[state] = event_runs.get(state, 0) + 1
     finally:
         run("down")
-    share = [1 - w / t for w, t in zip(work, totals, strict=True)]
+    share = [1 - w / t for w, t in zip(work, recorded, strict=True)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, tiny model; "
-          f"date {datetime.now(UTC):%Y-%m-%d}; n={n} sequential comments after 1 warm-up; "
-          f"fast path {'on' if fast_path else 'off'}: {by_worker} of {n} answered on the resident worker")
+          f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after; "
+          f"n={n} sequential comments after 1 warm-up; fast path {'on' if fast_path else 'off'}: "
+          f"{by_worker} of {n} answered on the resident worker; the events' runs: "
+          + ", ".join(f"{count} {state}" for state, count in sorted(event_runs.items())))
     print("| measure | p50 | p95 |\n|---|---|---|")
     rows = [("POST accepted (202), ms", [a * 1000 for a in accept], "{:.0f}"),
-            ("accepted -> image in S3 (status done), s", totals, "{:.2f}"),
-            ("of which generation + label (sidecar), s", work, "{:.2f}"),
-            ("orchestration share (event, trigger, flow start, hand-off, upload, ledger), %",
-             [x * 100 for x in share], "{:.0f}")]
+            ("accepted -> reply recorded done (ledger updated_at; image in S3), s", recorded, "{:.2f}"),
+            (f"accepted -> status poll sees done (every {POLL_S:g} s), s", totals, "{:.2f}"),
+            ("accepted -> the answering run is running (worker pick-up / flow start), s", picked, "{:.2f}"),
+            ("of which generation + label + QA (sidecar), s", work, "{:.2f}"),
+            ("orchestration share of the recorded time (hand-off or event, trigger, flow start; "
+             "upload, ledger), %", [x * 100 for x in share], "{:.0f}")]
     for name, values, fmt in rows:
         print(f"| {name} | {fmt.format(statistics.median(values))} | {fmt.format(_pct(values, .95))} |")
 
-def _answered_on_worker(api_url: str, flow_run_id: str | None) -> int:
-    """1 when the run that answered was the fast path's: a flow run started inside the worker,
-    not by the comment deployment's trigger."""
-    if not flow_run_id:
-        return 0
-    run = httpx.get(f"{api_url}/flow_runs/{flow_run_id}", timeout=10).json()
-    return int(run.get("deployment_id") is None)
+
+def _answering_run(api_url: str, run_id: str | None) -> tuple[int, float]:
+    """(1 if the fast path answered: a task run on the worker, or a flow run without a
+    deployment started inside it; else 0, when that run started running, as epoch seconds)."""
+    if not run_id:
+        return 0, math.nan
+    task_run = httpx.get(f"{api_url}/task_runs/{run_id}", timeout=10)
+    if task_run.status_code == 200:
+        return 1, _utc_s(task_run.json().get("start_time"))
+    flow_run = httpx.get(f"{api_url}/flow_runs/{run_id}", timeout=10).json()
+    return int(flow_run.get("deployment_id") is None), _utc_s(flow_run.get("start_time"))
+
+
+def _event_run_fates(api_url: str) -> list[str]:
+    """How each event-triggered comment-reply run ended: closed unstarted by the fast path,
+    ran (found the comment answered, or answered it), or still waiting (scheduled, pending)."""
+    runs = httpx.post(f"{api_url}/flow_runs/filter", timeout=30, json={
+        "flows": {"name": {"any_": ["comment-reply"]}},
+        "flow_runs": {"deployment_id": {"is_null_": False}}, "limit": 200}).json()
+    return ["closed unstarted by the fast path" if (run["state"]["message"] or "").startswith(CLOSED)
+            else "ran" if run["state_type"] == "COMPLETED" else run["state_type"].lower() for run in runs]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ AWAIT_POLL_S = 0.5  # how often a run waiting for another run's answer reads the
 # The event's run behind a fast-path reply starts this much later: the fallback if that reply's
 # worker dies (sooner when it fails), never a second process beside it
 FALLBACK_DELAY_S = 60
+CLOSED_MESSAGE = "answered on the fast path"  # starts the message of an event's run closed unstarted
 EVENT_RUNS_SCANNED = 200  # not-yet-started reply runs read to find one comment's (a burst's worth)
 
 
@@ -161,4 +162,4 @@ def release_event_runs(flow_name: str, comment_id: str) -> int:
 def close_event_runs(flow_name: str, comment_id: str, run_id: str) -> int:
     """The fast-path reply recorded its answer: its event's run is done without starting."""
     return move_event_runs(flow_name, comment_id, Completed(
-        message=f"answered on the fast path by task run {run_id}"))
+        message=f"{CLOSED_MESSAGE} by task run {run_id}"))
