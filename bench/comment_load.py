@@ -4,8 +4,8 @@ Reads the intake URL, its secret file and the brand folder from `zpipe status --
 running `zpipe up` stack), builds N comments — many authors, some re-sent ids, some
 blocklisted texts, some bad signatures, some invalid fields — signs them all first, then
 sends them at once over loopback with bounded concurrency (httpx async, one client and
-connection per sender). Prints how every
-request was answered and the intake's latency (p50/p90/p99) and throughput.
+connection per sender). Prints how every request was answered, the intake's latency
+(p50/p90/p99, and p99 per answer), throughput, and the CPU the intake and the client used.
 
     ZPIPE_INTAKE_PER_MINUTE=8 ZPIPE_INTAKE_PER_AUTHOR_PER_MINUTE=2 .venv/bin/zpipe up
     .venv/bin/python bench/comment_load.py --n 1000 --concurrency 32 --authors 200

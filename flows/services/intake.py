@@ -275,8 +275,11 @@ def _require_prefect_api() -> None:
                          "the Prefect server, e.g. PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
-def prefect_queue_depth() -> int:
-    """Comment-reply flow runs not finished yet (scheduled, pending, running, paused), per the API."""
+def prefect_queue_depth(client: Any = None) -> int:
+    """Comment-reply flow runs not finished yet (scheduled, pending, running, paused), per the API.
+
+    `client`: an open SyncPrefectClient to ask with; None: a new one for this call.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -287,11 +290,39 @@ def prefect_queue_depth() -> int:
     )
     from prefect.client.schemas.objects import StateType
 
+    if client is None:
+        with get_client(sync_client=True) as client:
+            return prefect_queue_depth(client)
     waiting = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
-    with get_client(sync_client=True) as client:
-        return client.count_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[COMMENT_FLOW])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting))))
+    return client.count_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[COMMENT_FLOW])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting))))
+
+
+class PrefectQueueDepth:
+    """`prefect_queue_depth` over one Prefect client kept open between calls (not thread-safe:
+    the gauge asks one probe at a time). A new client costs tens of ms of CPU (an HTTP client,
+    TLS context and version check) while holding the GIL: once a second under a burst, that
+    stalled every request in flight."""
+
+    def __init__(self) -> None:
+        self._client: Any = None
+
+    def __call__(self) -> int:
+        from prefect.client.orchestration import get_client
+
+        if self._client is None:
+            self._client = get_client(sync_client=True).__enter__()
+        try:
+            return prefect_queue_depth(self._client)
+        except Exception:  # a broken connection: the next call opens a new client
+            self.close()
+            raise
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.__exit__(None, None, None)
 
 
 class QueueGauge:
@@ -342,6 +373,13 @@ class QueueGauge:
         with self._lock:
             self._pending -= 1
             self._since += queued
+
+    def close(self) -> None:
+        """Close the probe's connection, if it keeps one."""
+        close = getattr(self.probe, "close", None)
+        if close is not None:
+            with self._probing:
+                close()
 
     def _stale(self) -> bool:
         return time.monotonic() - self._at >= self.ttl_s
@@ -423,7 +461,7 @@ class Intake:
         self.emit: Callable[..., Any] = settings.emit or _emit_to_prefect
         self.handoff = settings.handoff
         self._handoffs = ThreadPoolExecutor(max_workers=HANDOFF_THREADS, thread_name_prefix="handoff")
-        probe = settings.queue_depth or (prefect_queue_depth if settings.emit is None else None)
+        probe = settings.queue_depth or (PrefectQueueDepth() if settings.emit is None else None)
         self.queue = QueueGauge(probe)
 
     def authenticate(self, timestamp: str | None, signature: str | None, body: bytes) -> None:
@@ -673,9 +711,13 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(warm_keywords)  # the first comment need not wait for it
-        # the ledger's ids, listed in the background: until then every comment reads the ledger
-        threading.Thread(target=intake.ids.load, name="ledger-ids", daemon=True).start()
+        # in the background: the ledger's ids (until listed, every comment reads the ledger) and
+        # the first queue depth (opens the Prefect client: the first comment need not wait for it)
+        for name, work in (("ledger-ids", intake.ids.load), ("queue-depth", intake.queue.depth)):
+            threading.Thread(target=contextvars.copy_context().run, args=(work,), name=name,
+                             daemon=True).start()
         yield
+        intake.queue.close()
 
     app = FastAPI(
         title="zpipe comment intake",
