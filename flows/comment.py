@@ -29,6 +29,7 @@ from flows.review import announce_held
 from tasks.config.schema import Settings, find_brand, load_settings
 from tasks.content.plan import ImageJob
 from tasks.generation.engine import generate_images
+from tasks.orchestration.handover import THIS_GPU
 from tasks.publish.batch import HeldByQA
 from tasks.qa import QAAttempt
 from tasks.steps.comments import (
@@ -114,7 +115,8 @@ def reply_on_worker(comment_id: str, brand: str, brands_dir: str, store: str,
     claimed: list[bool] = []
 
     def generate(job: ImageJob) -> GenerationResult:
-        (result,) = generate_images([job], config.engine)
+        with THIS_GPU:  # one piece of work on this worker's GPU at a time, batches included
+            (result,) = generate_images([job], config.engine)
         return result
 
     def claim() -> None:  # the event's run (not started yet) becomes this reply's fallback
