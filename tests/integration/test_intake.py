@@ -735,3 +735,21 @@ def test_a_restarted_intake_answers_a_resend_over_the_limit_from_the_ledger(star
     assert (resent.status_code, resent.json()["state"]) == (200, "queued")
     changed = post_comment(again.url, SECRET, comment("kept", text="另一段文字"), timestamp=now - 2)
     assert changed.status_code == 409
+
+
+def test_a_resend_moments_after_the_first_is_answered_from_memory_then_from_the_ledger(start_intake):
+    """Within RECENT_TTL_S a re-send gets the state the intake last saw (no ledger read), after
+    it the ledger's current state; other content is a 409 either way."""
+    from flows.services.intake import RECENT_TTL_S
+
+    run = start_intake()
+    now = int(time.time())
+    assert post_comment(run.url, SECRET, comment("mem"), timestamp=now).status_code == 202
+    run.ledger.update("mem", state="running", flow_run_id="run-1")  # the reply flow took it
+    soon = post_comment(run.url, SECRET, comment("mem"), timestamp=now - 1)
+    changed = post_comment(run.url, SECRET, comment("mem", author="bob"), timestamp=now - 2)
+    assert (soon.status_code, soon.json()["state"], changed.status_code) == (200, "queued", 409)
+    time.sleep(RECENT_TTL_S + 0.2)
+    later = post_comment(run.url, SECRET, comment("mem"), timestamp=now - 3)
+    assert (later.status_code, later.json()["state"]) == (200, "running")
+    assert len(run.emitted.events) == 1
