@@ -91,10 +91,10 @@ Every request is signed with the secret shared with the intake (`{SECRET_ENV}`):
 
 A timestamp more than the tolerance (300 s by default) in the past or future is refused, and
 so is a signature already seen (a replay): re-sign every request. Re-sending a comment with
-a fresh signature is safe: the answer is the first one's (200 with the current state) and no
-second image is made. The comment id is an idempotency key: the same id with another brand,
-author, post_id or text is refused (409). A comment whose event could not be emitted (503) is
-queued again when re-sent.
+a fresh signature is safe: the answer is the first one's (200 with the current state, at
+most {RECENT_TTL_S:g} s old) and no second image is made. The comment id is an idempotency
+key: the same id with another brand, author, post_id or text is refused (409). A comment
+whose event could not be emitted (503) is queued again when re-sent.
 
 The body is strict JSON (RFC 8259) in UTF-8: `NaN`, `Infinity`, duplicate keys, numbers out
 of range and nesting deeper than {MAX_JSON_DEPTH} levels are refused (422).
@@ -269,6 +269,14 @@ def _emit_to_prefect(**event: Any) -> None:
 
     if emit_event(**event) is None:
         raise ZpipeError("Prefect events are off or failed to send (see the log); check PREFECT_API_URL")
+
+
+def _start_prefect_events() -> None:
+    """Start Prefect's events worker (its thread and connection) before the first comment: done
+    by the first `emit_event`, it held the GIL long enough to stall a burst's first answers."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.instance()
 
 
 def _require_prefect_api() -> None:
@@ -520,7 +528,8 @@ class Intake:
         # 1. A re-sent id gets the first answer (no second image), unless its event never left;
         #    the same id with other content is another comment under a used key (409)
         fingerprint = content_fingerprint(comment)
-        existing = self.ledger.get(comment.id)
+        # (a read of a missing record is two store requests: skipped when the index knows better)
+        existing = None if self.ids.surely_new(comment.id) else self.ledger.get(comment.id)
         if existing is not None:
             _check_same_content(existing, fingerprint)
         if existing is not None and not (existing.state == "failed"
@@ -735,9 +744,12 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(warm_keywords)  # the first comment need not wait for it
-        # in the background: the ledger's ids (until listed, every comment reads the ledger) and
-        # the first queue depth (opens the Prefect client: the first comment need not wait for it)
-        for name, work in (("ledger-ids", intake.ids.load), ("queue-depth", intake.queue.depth)):
+        # in the background: the ledger's ids (until listed, every comment reads the ledger), the
+        # first queue depth and Prefect's events worker (the first comment need not wait for them)
+        warm = [("ledger-ids", intake.ids.load), ("queue-depth", intake.queue.depth)]
+        if settings.emit is None:
+            warm.append(("prefect-events", _start_prefect_events))
+        for name, work in warm:
             threading.Thread(target=contextvars.copy_context().run, args=(work,), name=name,
                              daemon=True).start()
         yield
