@@ -74,7 +74,7 @@ REPLAY_CACHE_SIZE = 100_000
 # took 300-500 ms under a burst on 2 cores (GIL and run queue), an in-memory answer < 1 ms
 RECENT_TTL_S = 2.0
 RECENT_CACHE_SIZE = 10_000
-MAX_INDEXED_IDS = 2_000_000  # ledger ids held in memory (~150 MB); past this every comment reads S3
+MAX_INDEXED_IDS = 2_000_000  # ledger ids in memory (~115 bytes each: ~230 MB); past this all read S3
 # Idle keep-alive connections stay open this long: longer than clients' and load balancers'
 # own idle limits (httpx 5 s, AWS ALB 60 s), so the server never closes a connection that a
 # client is just reusing (the client would see a reset, not an answer). uvicorn's default: 5 s.
