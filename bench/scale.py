@@ -399,7 +399,8 @@ def plain_loop(campaign: Path, settings: Path, bucket: str, latency: float) -> t
 
 def bench(args: argparse.Namespace) -> dict:
     import boto3
-    from prefect.logging.handlers import APILogHandler
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_LOCAL_STORAGE_PATH,
@@ -442,7 +443,10 @@ def bench(args: argparse.Namespace) -> dict:
                     runs.append(run)
                     print(f"{db} {count} worker(s): {run.wall_s:.2f} s, {run.rate:.2f} images/s, "
                           f"{run.efficiency:.1%} of ideal", flush=True)
-                APILogHandler.flush()  # the flow's logs reach this server before it stops
+                # the flow's logs and events reach this server before it stops (else the exit
+                # waits on them for ever)
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
     shutil.rmtree(root, ignore_errors=True)
     return _report(args, runs, plain)
 

@@ -34,9 +34,10 @@ from tasks.publish.contact_sheet import (
     sheet_key,
 )
 from tasks.publish.review import ApprovalOutcome
+from tasks.qa import QAAttempt
 from tasks.steps.approval import apply_decision_task
 from tasks.steps.content import plan_week_task, read_catalogue_task
-from tasks.steps.generation import generate_batches
+from tasks.steps.generation import generate_batches, handover_size, make_on_workers
 from tasks.steps.notify import notify_task, redeliver_task
 from tasks.steps.publish import (
     find_missing_task,
@@ -58,7 +59,6 @@ from tasks.store.spool import Spool
 from tasks.trends.archive import load_week_trends
 from tasks.trends.ranking import source_weights
 from tasks.trends.sources import TrendReport
-from zengine import GenerationResult
 
 POST_WORKERS = 2  # batches labelled and uploaded at once, while the next ones generate
 GENERATION_LOOKAHEAD = 2  # batches in flight in-process: one generating, one queued behind it
@@ -178,49 +178,28 @@ def weekly_campaign(
                            f"Images of {name} {week_label} done")
     progress.advance(len(jobs) - len(todo))
 
-    # 3. Generate in batches; label and upload each batch while the next one generates
-    published: list[tuple[list[ImageJob], PrefectFuture]] = []
-    results: dict[str, GenerationResult] = {}
-    for batch, images in generate_batches(_chunks(todo, engine.max_batch), engine,
-                                          config.generation == "workers", GENERATION_LOOKAHEAD):
-        emit(ProgressEvent("generated", count=len(batch)))
-        results.update((job.key, result) for job, result in zip(batch, images, strict=True))
-        published.append((batch, publish_batch_task.submit(store, batch, images, bundle.brand,
-                                                           config.qa)))
-        progress.advance_done(published)
-
-    # 4. Collect: one image failing does not lose the others
-    batch_of = {id(future): batch for batch, future in published}
-    outcomes: dict[int, BatchPublished] = {}
-    for future in as_completed([future for _, future in published]):
-        try:
-            outcomes[id(future)] = future.result()
-        except Exception as exc:  # the whole batch (spool full, a bug): report, keep going
-            outcomes[id(future)] = BatchPublished(published=[], failed=[
-                PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc))
-                for job in batch_of[id(future)]])
-        progress.finish(batch_of[id(future)], future)  # from the result: a state can lag
+    # 3. Generate in batches; label and upload each batch while the next one generates: on
+    #    resident workers both happen there (the flow hands batches over and collects what
+    #    was published), in-process the publishing runs in this process's task threads
+    on_workers = config.generation == "workers"
+    size = handover_size(len(todo), engine.max_batch) if on_workers and todo else engine.max_batch
+    timings: dict[str, dict[str, float]] = {}  # key -> generation timings, for the run's table
+    outcomes = _make_and_publish(_chunks(todo, size), engine, on_workers, store, bundle, config,
+                                 progress, timings)
 
     # 4b. The QA gate sent some back (drawn text misread): make them again with the next seed
-    retries = [retry for outcome in outcomes.values() for retry in outcome.retry]
+    retries = [retry for _, outcome in outcomes for retry in outcome.retry]
     while retries:
         logger.info("QA: %d image(s) made again with the next seed", len(retries))
-        attempts = {retry.job.key: retry.attempts for retry in retries}
-        again: list[BatchPublished] = []
-        for batch, images in generate_batches(_chunks([retry.job for retry in retries], engine.max_batch),
-                                              engine, config.generation == "workers", GENERATION_LOOKAHEAD):
-            results.update((job.key, result) for job, result in zip(batch, images, strict=True))
-            future = publish_batch_task.submit(store, batch, images, bundle.brand, config.qa,
-                                               attempts)
-            published.append((batch, future))
-            outcomes[id(future)] = future.result()
-            again.append(outcomes[id(future)])
-        retries = [retry for outcome in again for retry in outcome.retry]
+        again = _make_and_publish(_chunks([retry.job for retry in retries], engine.max_batch), engine,
+                                  on_workers, store, bundle, config, None, timings,
+                                  attempts={retry.job.key: retry.attempts for retry in retries})
+        outcomes += again
+        retries = [retry for _, outcome in again for retry in outcome.retry]
 
     created, existing, failed, held, held_keys, causes = [], [], [], [], [], {}
     qa: dict[str, str] = {}  # key -> the QA gate's decision and score, for the UI table
-    for _, future in published:
-        outcome = outcomes[id(future)]
+    for _, outcome in outcomes:
         for image in outcome.held:
             held.append(image.key)
             held_keys.append(image.held_key)
@@ -254,7 +233,7 @@ def weekly_campaign(
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
     sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)
     summary.contact_sheet = sheet.key if sheet else None
-    _publish_artifacts(summary, jobs, results, sheet)
+    _publish_artifacts(summary, jobs, timings, sheet)
     logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
                 len(from_spool), len(existing), len(failed))
     if hooks:  # the brand's own systems hear that the week is done (or how it fell short)
@@ -280,6 +259,47 @@ def weekly_campaign(
                         summary.approval.reviewer, len(summary.approval.published),
                         len(summary.approval.rejected))
     return summary
+
+
+def _make_and_publish(batches: list[list[ImageJob]], engine: EngineSettings, on_workers: bool,
+                      store: str, bundle: CampaignBundle, config: Settings,
+                      progress: RunProgress | None, timings: dict[str, dict[str, float]],
+                      attempts: dict[str, list[QAAttempt]] | None = None,
+                      ) -> list[tuple[list[ImageJob], BatchPublished]]:
+    """Generate and publish `batches`, each batch with what publishing did to it, in order.
+
+    One image failing does not lose the others: a batch whose publishing raised (spool full,
+    a bug) comes back with every image failed, and the run reports them.
+    """
+    outcomes: list[tuple[list[ImageJob], BatchPublished]] = []
+    if on_workers:
+        for batch, made in make_on_workers(batches, engine, store, bundle.brand, config.qa, attempts):
+            emit(ProgressEvent("generated", count=len(batch)))
+            timings.update(made.timings)
+            outcomes.append((batch, made.outcome))
+            if progress is not None:
+                progress.advance(len(batch))
+        return outcomes
+    published: list[tuple[list[ImageJob], PrefectFuture]] = []
+    for batch, images in generate_batches(batches, engine, False, GENERATION_LOOKAHEAD):
+        emit(ProgressEvent("generated", count=len(batch)))
+        timings.update((job.key, dict(result.timings)) for job, result in zip(batch, images, strict=True))
+        published.append((batch, publish_batch_task.submit(store, batch, images, bundle.brand, config.qa,
+                                                           attempts)))
+        if progress is not None:
+            progress.advance_done(published)
+    batch_of = {id(future): batch for batch, future in published}
+    done: dict[int, BatchPublished] = {}
+    for future in as_completed([future for _, future in published]):
+        try:
+            done[id(future)] = future.result()
+        except Exception as exc:  # the whole batch (spool full, a bug): report, keep going
+            done[id(future)] = BatchPublished(published=[], failed=[
+                PublishFailure(key=job.key, kind=type(exc).__name__, message=str(exc))
+                for job in batch_of[id(future)]])
+        if progress is not None:
+            progress.finish(batch_of[id(future)], future)  # from the result: a state can lag
+    return [(batch, done[id(future)]) for batch, future in published]
 
 
 def finished_week(campaign: str, week: str | None = None, store: str | None = None,
@@ -326,12 +346,12 @@ def _failure_message(failed: list[str], attempted: int, causes: dict[str, str],
 
 
 def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
-                       results: dict[str, GenerationResult], sheet: ContactSheet | None) -> None:
+                       timings: dict[str, dict[str, float]], sheet: ContactSheet | None) -> None:
     store = store_at(summary.store)
     status = {}
     rows = []
     for job in jobs:
-        timings = results[job.key].timings if job.key in results else {}
+        made = timings.get(job.key, {})
         status[job.key] = ("failed" if job.key in summary.failed
                            else "held by QA" if job.key in summary.held
                            else "new" if job.key in summary.created
@@ -340,7 +360,7 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
             "day": f"{job.weekday} {job.date}", "format": job.format, "variant": job.variant,
             "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
             "key": job.key, "status": status[job.key], "qa": summary.qa.get(job.key, ""),
-            "generate_s": round(timings.get("image_s", 0.0), 3),
+            "generate_s": round(made.get("image_s", 0.0), 3),
             "prompt": job.prompt.text[:160]})
     slug = summary.campaign.lower()
     create_table_artifact(key=f"{slug}-images", table=rows,

@@ -7,7 +7,7 @@ from prefect.task_worker import serve
 from flows.comment import reply_on_worker
 from tasks.config.schema import Settings
 from tasks.generation.engine import get_engine
-from tasks.orchestration.handover import generate_on_worker, load_worker_policy
+from tasks.orchestration.handover import generate_on_worker, load_worker_policy, make_on_worker
 
 WORK_AT_ONCE = 2  # pieces of work a worker holds: one on the GPU, one getting ready
 
@@ -25,4 +25,4 @@ def run_worker(settings: Settings, preload: bool = True) -> None:
     # over?, heartbeat artifact, parameters read) is done, and the last one's result is stored
     # and reported; the engine's lock and `THIS_GPU` keep the GPU to one batch. One at a time
     # left the GPU idle 0.2-0.7 s between batches (bench/RESULTS.md, scale).
-    serve(generate_on_worker, reply_on_worker, limit=WORK_AT_ONCE)
+    serve(make_on_worker, generate_on_worker, reply_on_worker, limit=WORK_AT_ONCE)

@@ -43,11 +43,15 @@ from prefect.futures import PrefectDistributedFuture
 from prefect.states import Cancelled, Crashed, State
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from tasks.config.schema import EngineSettings
+from tasks.config.schema import BrandConfig, EngineSettings
 from tasks.content.plan import ImageJob
 from tasks.core.errors import ConfigError, ZpipeError
 from tasks.core.settings import Environment, env_raw
 from tasks.generation.engine import generate_images
+from tasks.publish.batch import BatchPublished, publish_batch, upload_patience_s
+from tasks.qa import QAAttempt, QASettings
+from tasks.store.objects import store_at
+from tasks.store.spool import Spool
 from zengine import (
     GenerationResult,
 )
@@ -188,7 +192,7 @@ def generation_workers(client: SyncPrefectClient) -> list[dict[str, Any]]:
     """The task workers the server sees subscribed to generation batches (`identifier` is
     `<host>-<pid>`); a killed worker drops out within about a second."""
     return client.request("POST", "/task_workers/filter", json={
-        "task_worker_filter": {"task_keys": [generate_on_worker.task_key]}}).json()
+        "task_worker_filter": {"task_keys": [generate_on_worker.task_key, make_on_worker.task_key]}}).json()
 
 
 def _handed_over(client: SyncPrefectClient, task_run_id: UUID) -> str | None:
@@ -212,6 +216,40 @@ def _generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[
     # check and heartbeat overlap the other's generation; the GPU takes one batch at a time
     with Heartbeat(_batch_name(), policy.heartbeat_s) as beat, THIS_GPU:
         return generate_images(jobs, settings, on_step=beat.on_step)
+
+
+class MadeOnWorker(BaseModel):
+    """A batch a worker generated and published: what publishing did, and each image's
+    generation timings (key -> timings) for the run's table. No image bytes travel back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: BatchPublished
+    timings: dict[str, dict[str, float]]
+
+
+def _make_on_worker(jobs: list[ImageJob], settings: EngineSettings, store_url: str,
+                    brand: BrandConfig, qa: QASettings | None = None,
+                    attempts: dict[str, list[QAAttempt]] | None = None) -> MadeOnWorker | State:
+    """Generate a batch on a resident GPU task worker, then label, inspect (QA gate), spool
+    and upload it there: publishing runs beside the next batch's generation, on every worker,
+    instead of in the flow's one process (which could label and upload only about 20 images a
+    second for all the workers together, bench/RESULTS.md, scale)."""
+    from prefect.runtime import task_run
+
+    policy = load_worker_policy()
+    with get_client(sync_client=True) as client:
+        handed_over = _handed_over(client, UUID(task_run.id))
+    if handed_over:  # a flow gave up on this run and queued the batch again: don't make it twice
+        return Cancelled(message=f"not generated: {handed_over}")
+    with Heartbeat(_batch_name(), policy.heartbeat_s) as beat:
+        with THIS_GPU:
+            images = generate_images(jobs, settings, on_step=beat.on_step)
+        outcome = publish_batch(store_at(store_url), jobs, images, brand, Spool.for_store(store_url),
+                                upload_patience_s(), _logger(), qa=qa, attempts=attempts)
+    return MadeOnWorker(outcome=outcome, timings={
+        job.key: {name: float(value) for name, value in image.timings.items()}
+        for job, image in zip(jobs, images, strict=True)})
 
 
 # -- in the flow: wait, and hand a batch over again when its worker is gone --------------
@@ -279,7 +317,7 @@ class HandedOver(PrefectDistributedFuture[list[GenerationResult]]):
                     images = super().result(timeout=self.policy.poll_s if left is None
                                             else min(self.policy.poll_s, left),
                                             raise_on_failure=raise_on_failure)
-                    if isinstance(images, list) and images:
+                    if images:  # a list of images, or a batch published on the worker
                         return images
                     # finished, but its images never reached us (a server restart can drop
                     # the result's record): make them again rather than fail the run
@@ -401,5 +439,12 @@ def _jobs_label(jobs: Sequence[ImageJob]) -> str:
 # running pipeline call anyway; it only logged a warning per batch saying so.
 generate_on_worker = WorkerTask(
     _generate_on_worker, name="generate-batch-gpu", task_run_name=_batch_name,
+    cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+    persist_result=True, tags=[GENERATION_TAG])
+
+# Generation and publishing on the worker (`generation: workers` campaigns): the same hand-over,
+# heartbeat and skip rules; only the small MadeOnWorker record goes through result storage.
+make_on_worker = WorkerTask(
+    _make_on_worker, name="make-batch-gpu", task_run_name=_batch_name,
     cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
     persist_result=True, tags=[GENERATION_TAG])

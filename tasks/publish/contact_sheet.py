@@ -25,6 +25,7 @@ import io
 import json
 import posixpath
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 from urllib.parse import quote
 
@@ -39,6 +40,7 @@ from tasks.store.keys import PENDING, PUBLISHED, SHEETS, held_key
 from tasks.store.objects import ObjectStore
 
 SHEET_NAME = "index.html"
+READ_THREADS = 8  # images and sidecars read back from the store at once
 THUMB_PX = 192  # long side: a week of 7 days x 6 formats fits a laptop screen, ~5-12 KB each
 THUMB_QUALITY = 70  # JPEG: enough to judge composition and colour; the link has the detail
 GALLERY_THUMB_PX = 128  # the Prefect UI gallery: smaller, it sits in a narrow artifact pane
@@ -189,15 +191,19 @@ def collect_cells(store: ObjectStore, jobs: list[ImageJob],
     for job in jobs:
         place, key = locate(job, present)
         status = "failed" if place == "missing" and job.key in failed else STATUS[place]
-        cell = SheetCell(job=job, place=place, key=key, status=status)
-        if key is not None:
-            try:
-                cell.labels = label_status(json.loads(store.get(f"{key}.json")))
-                cell.thumbnail = make_thumbnail(store.get(key))
-            except (StoreError, ValueError, OSError, UnidentifiedImageError) as exc:
-                # moved or deleted meanwhile, a corrupt sidecar or image: show it, keep going
-                cell.problem = f"{type(exc).__name__}: {exc}"[:300]
-        cells.append(cell)
+        cells.append(SheetCell(job=job, place=place, key=key, status=status))
+
+    def read_back(cell: SheetCell) -> None:
+        try:
+            cell.labels = label_status(json.loads(store.get(f"{cell.key}.json")))
+            cell.thumbnail = make_thumbnail(store.get(cell.key))
+        except (StoreError, ValueError, OSError, UnidentifiedImageError) as exc:
+            # moved or deleted meanwhile, a corrupt sidecar or image: show it, keep going
+            cell.problem = f"{type(exc).__name__}: {exc}"[:300]
+
+    # two round trips per image: one after another they took ~30 s for a 1,000-image week
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="contact-sheet") as pool:
+        list(pool.map(read_back, [cell for cell in cells if cell.key is not None]))
     return cells
 
 

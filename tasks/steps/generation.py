@@ -6,23 +6,44 @@ import contextvars
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from prefect import task
 from prefect.futures import PrefectFuture
 
-from tasks.config.schema import EngineSettings
+from tasks.config.schema import BrandConfig, EngineSettings
 from tasks.content.plan import ImageJob
 from tasks.generation.engine import generate_images
-from tasks.orchestration.handover import _batch_name, generate_on_worker
+from tasks.orchestration.handover import MadeOnWorker, _batch_name, generate_on_worker, make_on_worker
+from tasks.qa import QAAttempt, QASettings
 from tasks.steps.policies import ENGINE_RETRY, NEVER_CACHE
 from zengine import GenerationResult
 
-__all__ = ["generate_batch", "generate_batches", "generate_on_worker"]
+__all__ = ["generate_batch", "generate_batches", "generate_on_worker", "make_on_workers"]
 
 # Batches handed to resident workers at once: each hand-over is a server round trip (a task
 # run created, its parameters stored), 0.1-0.5 s on a busy SQLite server; one after another
 # they fed 8 workers less than a third of what they could take (bench/RESULTS.md, scale).
 HANDOVER_THREADS = 8
+# A hand-over carries up to this many GPU batches (the worker runs them one after another):
+# every hand-over costs the flow's process CPU (a task run created, a result read back, a
+# publishing task run), and that one process fed 8 workers only a third of what they could take
+HANDOVER_MAX_GPU_BATCHES = 4
+ROUNDS_PER_WORKER = 8  # ...but enough hand-overs for each worker to take about this many
+
+
+def handover_size(images: int, max_batch: int) -> int:
+    """Images per hand-over to resident workers: whole GPU batches, as many as keeps about
+    `ROUNDS_PER_WORKER` hand-overs per connected worker (so they finish together), at most
+    `HANDOVER_MAX_GPU_BATCHES`."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.orchestration.handover import generation_workers
+
+    with get_client(sync_client=True) as client:
+        workers = max(1, len(generation_workers(client)))
+    gpu_batches = images // (max_batch * workers * ROUNDS_PER_WORKER)
+    return max_batch * min(HANDOVER_MAX_GPU_BATCHES, max(1, gpu_batches))
 
 
 @task(name="generate-batch", task_run_name=_batch_name, cache_policy=NEVER_CACHE,
@@ -49,7 +70,7 @@ def generate_batches(batches: list[list[ImageJob]], engine: EngineSettings, on_w
     not done within `timeout` s raises.
     """
     if on_workers:
-        yield from _on_workers(batches, engine, timeout)
+        yield from _on_workers(batches, generate_on_worker, engine, timeout=timeout)
         return
     in_flight: deque[tuple[list[ImageJob], PrefectFuture]] = deque()
     queue = deque(batches)
@@ -61,17 +82,25 @@ def generate_batches(batches: list[list[ImageJob]], engine: EngineSettings, on_w
         yield batch, future.result(timeout=timeout)
 
 
-def _on_workers(batches: list[list[ImageJob]], engine: EngineSettings, timeout: float | None,
-                ) -> Iterator[tuple[list[ImageJob], list[GenerationResult]]]:
-    """Hand every batch over from `HANDOVER_THREADS` threads, in order (the server's queue is
-    first in, first out), and wait for them in that order."""
+def _on_workers(batches: list[list[ImageJob]], task: Any, *args: Any, timeout: float | None = None,
+                ) -> Iterator[tuple[list[ImageJob], Any]]:
+    """Hand every batch to `task` on resident workers from `HANDOVER_THREADS` threads, in
+    order (the server's queue is first in, first out), and wait for them in that order."""
     pool = ThreadPoolExecutor(HANDOVER_THREADS, thread_name_prefix="hand-over")
     try:
         # each hand-over in a copy of this context: the flow run it belongs to lives there
         handing: list[tuple[list[ImageJob], Future]] = [
-            (batch, pool.submit(contextvars.copy_context().run, generate_on_worker.delay, batch, engine))
+            (batch, pool.submit(contextvars.copy_context().run, task.delay, batch, *args))
             for batch in batches]
         for batch, handed in handing:
             yield batch, handed.result().result(timeout=timeout)
     finally:  # the flow stopped early: batches not handed over yet never are
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_on_workers(batches: list[list[ImageJob]], engine: EngineSettings, store_url: str,
+                    brand: BrandConfig, qa: QASettings | None = None,
+                    attempts: dict[str, list[QAAttempt]] | None = None,
+                    ) -> Iterator[tuple[list[ImageJob], MadeOnWorker]]:
+    """Batches generated *and published* on resident workers, in order (see `make_on_worker`)."""
+    yield from _on_workers(batches, make_on_worker, engine, store_url, brand, qa, attempts)

@@ -38,5 +38,8 @@ def test_scale_smoke_every_image_once_from_the_standin_workers(tmp_path: Path) -
     assert set(run["made_by_pids"]) <= set(run["worker_pids"])
     assert figures["bench_pid"] not in run["made_by_pids"]
     assert run["batches"] == 4  # 16 images in batches of 4, none made twice
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| sqlite | 2 |")]
-    assert len(table) == 1
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| sqlite | 2 |")]
+    assert len(rows) == 2  # the throughput table's row and the CPU table's row
+    assert rows[0].count("|") == 13 and rows[1].count("|") == 8
+    assert set(run["cores"]) == {"flow", "server", "s3", "workers", "machine"}
+    assert run["cores"]["workers"] > 0  # the workers generated and published: they used CPU
