@@ -16,6 +16,7 @@ Served runs ride out a Prefect server restart: their API calls retry for minutes
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import serve
@@ -29,7 +30,9 @@ from flows.comment import comment_reply
 from flows.names import COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
 from flows.review import held_review_deployment, review_deployment
 from flows.trends import ingest_trends_flow
-from tasks.config.schema import load_campaign
+from tasks.config.schema import load_campaign, load_settings
+from tasks.core.settings import env_value
+from tasks.steps.comments import FALLBACK_DELAY_S
 
 TRENDS_CRON = "0 * * * *"  # hourly: hot lists move within hours
 # Runs import flows as `flows.campaign` etc. (not by file path), so task workers that receive
@@ -68,6 +71,12 @@ def build_deployments(campaigns_dir: Path, brands_dir: Path,
                 schedules=[Cron(TRENDS_CRON, timezone=campaign.timezone)],
                 parameters={"campaign": str(path), **settings_param},
                 description=f"hourly trend pull for {campaign.name}", tags=tags))
+    # With the intake's fast path (resident workers answer each comment within about a second)
+    # the event's run is the fallback: due FALLBACK_DELAY_S later, closed unstarted once the
+    # worker recorded its answer, released at once if the worker's reply failed. Started at
+    # once, its process (2-3 s of CPU) competed with the worker's generation on small machines.
+    fast_path = (load_settings(settings).generation == "workers"
+                 and bool(env_value("intake_fast_path")))
     deployments.append(comment_reply.to_deployment(
         name=COMMENT_DEPLOYMENT, entrypoint_type=MODULE,
         triggers=[DeploymentEventTrigger(
@@ -75,7 +84,8 @@ def build_deployments(campaigns_dir: Path, brands_dir: Path,
             expect={COMMENT_EVENT},
             match={"prefect.resource.id": f"{COMMENT_RESOURCE_PREFIX}*"},
             parameters={"comment_id": "{{ event.payload.id }}",
-                        "brand": "{{ event.payload.brand }}"})],
+                        "brand": "{{ event.payload.brand }}"},
+            schedule_after=timedelta(seconds=FALLBACK_DELAY_S if fast_path else 0))],
         parameters={"brands_dir": str(brands_dir.resolve()), **settings_param},
         description="answer a user comment with a labelled reply image", tags=["comments"]))
     deployments.append(review_deployment())
