@@ -30,6 +30,7 @@ from tasks.orchestration.progress import RunProgress
 from tasks.publish.batch import BatchPublished, PublishFailure, find_missing, upload_retries
 from tasks.publish.contact_sheet import (
     ContactSheet,
+    StoredLook,
     gallery_markdown,
     sheet_key,
 )
@@ -184,15 +185,16 @@ def weekly_campaign(
     on_workers = config.generation == "workers"
     size = handover_size(len(todo), engine.max_batch) if on_workers and todo else engine.max_batch
     timings: dict[str, dict[str, float]] = {}  # key -> generation timings, for the run's table
+    looked: dict[str, StoredLook] = {}  # images the workers read back (for the contact sheet)
     outcomes = _make_and_publish(_chunks(todo, size), engine, on_workers, store, bundle, config,
-                                 progress, timings)
+                                 progress, timings, looked)
 
     # 4b. The QA gate sent some back (drawn text misread): make them again with the next seed
     retries = [retry for _, outcome in outcomes for retry in outcome.retry]
     while retries:
         logger.info("QA: %d image(s) made again with the next seed", len(retries))
         again = _make_and_publish(_chunks([retry.job for retry in retries], engine.max_batch), engine,
-                                  on_workers, store, bundle, config, None, timings,
+                                  on_workers, store, bundle, config, None, timings, looked,
                                   attempts={retry.job.key: retry.attempts for retry in retries})
         outcomes += again
         retries = [retry for _, outcome in again for retry in outcome.retry]
@@ -216,7 +218,8 @@ def weekly_campaign(
                 qa[image.key] = image.qa_decision + (
                     f" ({image.qa_score:.2f})" if image.qa_score is not None else "")
             emit(ProgressEvent("published", detail=image.key))
-    existing += [job.key for job in jobs if job not in todo and job.key not in from_spool]
+    todo_keys = {job.key for job in todo}  # (comparing jobs took seconds at 1,000 images)
+    existing += [job.key for job in jobs if job.key not in todo_keys and job.key not in from_spool]
     summary = CampaignSummary(
         campaign=name, week=week_label, store=store, planned=len(jobs), created=created,
         existing=existing, failed=failed, held=held, qa=qa,
@@ -231,7 +234,7 @@ def weekly_campaign(
                      "held": held_keys})
 
     # 5. Report: the week's contact sheet in the store; in the UI a table and a thumbnail gallery
-    sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed)
+    sheet = write_contact_sheet_task(store, jobs, bundle.campaign.days, failed, looked)
     summary.contact_sheet = sheet.key if sheet else None
     _publish_artifacts(summary, jobs, timings, sheet)
     logger.info("%d new, %d from the local spool, %d already there, %d failed", len(created),
@@ -264,6 +267,7 @@ def weekly_campaign(
 def _make_and_publish(batches: list[list[ImageJob]], engine: EngineSettings, on_workers: bool,
                       store: str, bundle: CampaignBundle, config: Settings,
                       progress: RunProgress | None, timings: dict[str, dict[str, float]],
+                      looked: dict[str, StoredLook],
                       attempts: dict[str, list[QAAttempt]] | None = None,
                       ) -> list[tuple[list[ImageJob], BatchPublished]]:
     """Generate and publish `batches`, each batch with what publishing did to it, in order.
@@ -276,6 +280,7 @@ def _make_and_publish(batches: list[list[ImageJob]], engine: EngineSettings, on_
         for batch, made in make_on_workers(batches, engine, store, bundle.brand, config.qa, attempts):
             emit(ProgressEvent("generated", count=len(batch)))
             timings.update(made.timings)
+            looked.update(made.looked)
             outcomes.append((batch, made.outcome))
             if progress is not None:
                 progress.advance(len(batch))

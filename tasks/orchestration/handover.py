@@ -49,6 +49,7 @@ from tasks.core.errors import ConfigError, ZpipeError
 from tasks.core.settings import Environment, env_raw
 from tasks.generation.engine import generate_images
 from tasks.publish.batch import BatchPublished, publish_batch, upload_patience_s
+from tasks.publish.contact_sheet import StoredLook, look_at
 from tasks.qa import QAAttempt, QASettings
 from tasks.store.objects import store_at
 from tasks.store.spool import Spool
@@ -226,6 +227,7 @@ class MadeOnWorker(BaseModel):
 
     outcome: BatchPublished
     timings: dict[str, dict[str, float]]
+    looked: dict[str, StoredLook] = {}  # each published image read back from the store (contact sheet)
 
 
 def _make_on_worker(jobs: list[ImageJob], settings: EngineSettings, store_url: str,
@@ -245,9 +247,13 @@ def _make_on_worker(jobs: list[ImageJob], settings: EngineSettings, store_url: s
     with Heartbeat(_batch_name(), policy.heartbeat_s) as beat:
         with THIS_GPU:
             images = generate_images(jobs, settings, on_step=beat.on_step)
-        outcome = publish_batch(store_at(store_url), jobs, images, brand, Spool.for_store(store_url),
+        store = store_at(store_url)
+        outcome = publish_batch(store, jobs, images, brand, Spool.for_store(store_url),
                                 upload_patience_s(), _logger(), qa=qa, attempts=attempts)
-    return MadeOnWorker(outcome=outcome, timings={
+        # the week's contact sheet shows what the store holds: read back here, beside the next
+        # batch's generation, not 1,000 images at the end of the run in the flow's process
+        looked = {image.key: look_at(store, image.key) for image in outcome.published}
+    return MadeOnWorker(outcome=outcome, looked=looked, timings={
         job.key: {name: float(value) for name, value in image.timings.items()}
         for job, image in zip(jobs, images, strict=True)})
 

@@ -72,6 +72,26 @@ class LabelStatus(BaseModel):
             ("C2PA ✓", "yes") if self.c2pa else ("C2PA –", "off")]
 
 
+class StoredLook(BaseModel):
+    """One stored image as read back from the store: its labels and a thumbnail, or why not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: LabelStatus | None = None
+    thumbnail: bytes | None = None  # a small JPEG
+    problem: str | None = None
+
+
+def look_at(store: ObjectStore, key: str) -> StoredLook:
+    """Read an image and its sidecar back from the store (two round trips, one thumbnail)."""
+    try:
+        return StoredLook(labels=label_status(json.loads(store.get(f"{key}.json"))),
+                          thumbnail=make_thumbnail(store.get(key)))
+    except (StoreError, ValueError, OSError, UnidentifiedImageError) as exc:
+        # moved or deleted meanwhile, a corrupt sidecar or image: show it, keep going
+        return StoredLook(problem=f"{type(exc).__name__}: {exc}"[:300])
+
+
 class SheetCell(BaseModel):
     """One image of the week as the sheet shows it."""
 
@@ -177,33 +197,33 @@ def make_thumbnail(data: bytes, px: int = THUMB_PX) -> bytes:
     return out.getvalue()
 
 
-def collect_cells(store: ObjectStore, jobs: list[ImageJob],
-                  failed: Iterable[str] = ()) -> list[SheetCell]:
+def collect_cells(store: ObjectStore, jobs: list[ImageJob], failed: Iterable[str] = (),
+                  looked: Mapping[str, StoredLook] | None = None) -> list[SheetCell]:
     """Every job of the week with its place, labels and thumbnail, read from the store.
 
     `failed`: keys this run failed to publish (shown as failed rather than missing).
+    `looked`: images already read back from the store by key (resident workers read back
+    what they publish, right after the upload); the others are read here.
     """
     present: set[str] = set()
     for prefix in _week_prefixes(jobs):
         present.update(store.list(prefix))
     failed = set(failed)
+    looked = looked or {}
     cells = []
     for job in jobs:
         place, key = locate(job, present)
         status = "failed" if place == "missing" and job.key in failed else STATUS[place]
         cells.append(SheetCell(job=job, place=place, key=key, status=status))
-
-    def read_back(cell: SheetCell) -> None:
-        try:
-            cell.labels = label_status(json.loads(store.get(f"{cell.key}.json")))
-            cell.thumbnail = make_thumbnail(store.get(cell.key))
-        except (StoreError, ValueError, OSError, UnidentifiedImageError) as exc:
-            # moved or deleted meanwhile, a corrupt sidecar or image: show it, keep going
-            cell.problem = f"{type(exc).__name__}: {exc}"[:300]
-
+    unread = [cell for cell in cells if cell.key is not None and cell.key not in looked]
     # two round trips per image: one after another they took ~30 s for a 1,000-image week
     with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="contact-sheet") as pool:
-        list(pool.map(read_back, [cell for cell in cells if cell.key is not None]))
+        looks = dict(zip([cell.key for cell in unread],
+                         pool.map(lambda cell: look_at(store, cell.key), unread), strict=True))
+    for cell in cells:
+        if cell.key is not None:
+            look = looked.get(cell.key) or looks[cell.key]
+            cell.labels, cell.thumbnail, cell.problem = look.labels, look.thumbnail, look.problem
     return cells
 
 
@@ -371,13 +391,14 @@ def render_sheet(key: str, cells: list[SheetCell],
 
 def build_contact_sheet(store: ObjectStore, jobs: list[ImageJob],
                         themes: Mapping[str, BilingualText] | None = None,
-                        failed: Iterable[str] = ()) -> ContactSheet:
+                        failed: Iterable[str] = (),
+                        looked: Mapping[str, StoredLook] | None = None) -> ContactSheet:
     """Collect the week's images from the store and render their sheet (nothing written yet)."""
     if not jobs:
         raise ValueError("a contact sheet needs at least one planned image (got no jobs)")
     first = jobs[0]
     key = sheet_key(first.brand, first.campaign, first.week)
-    cells = collect_cells(store, jobs, failed)
+    cells = collect_cells(store, jobs, failed, looked)
     return ContactSheet(key=key, html=render_sheet(key, cells, themes), cells=cells)
 
 

@@ -20,7 +20,7 @@ from tasks.publish.batch import (
     upload_patience_s,
     upload_retries,
 )
-from tasks.publish.contact_sheet import ContactSheet, build_contact_sheet, write_sheet
+from tasks.publish.contact_sheet import ContactSheet, StoredLook, build_contact_sheet, write_sheet
 from tasks.qa import QAAttempt, QASettings
 from tasks.steps.policies import NEVER_CACHE, STORE_RETRY
 from tasks.store.objects import store_at
@@ -88,7 +88,8 @@ def recover_spool_task(store_url: str) -> SpoolRecovery:
 
 @task(name="contact-sheet", cache_policy=NEVER_CACHE, persist_result=False)
 def write_contact_sheet_task(store_url: str, jobs: list[ImageJob], themes: dict[str, BilingualText],
-                             failed: list[str]) -> ContactSheet | None:
+                             failed: list[str],
+                             looked: dict[str, StoredLook] | None = None) -> ContactSheet | None:
     """Rebuild the week's contact sheet from the store and write it (None if the store failed).
 
     Best effort: a sheet the store cannot take is logged, never a reason to fail the run.
@@ -98,7 +99,7 @@ def write_contact_sheet_task(store_url: str, jobs: list[ImageJob], themes: dict[
         return None
     store = store_at(store_url)
     try:
-        sheet = build_contact_sheet(store, jobs, themes, failed)
+        sheet = build_contact_sheet(store, jobs, themes, failed, looked)
         written = write_sheet(store, sheet)
     except StoreError as exc:
         logger.warning("contact sheet not updated: %s", exc)

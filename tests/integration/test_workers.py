@@ -56,6 +56,13 @@ def test_generation_runs_on_the_resident_worker_and_loads_once(task_worker, tmp_
     assert loads == {1}, "the worker loaded the model more than once"
     assert os.getpid() not in pids
 
+    # the workers published and read back what they made: each week's contact sheet shows a
+    # thumbnail for all 14 images, with their labels
+    for week in ("2026-W48", "2026-W49", "2026-W50"):
+        [sheet] = (out / "_sheets").rglob(f"{week}/index.html")
+        html = sheet.read_text(encoding="utf-8")
+        assert html.count('src="data:image/jpeg;base64,') == 14, week
+
     # every Completed run's progress artifact reads 100 % (it once stopped at 12 of 14)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
