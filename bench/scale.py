@@ -135,7 +135,9 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
         for pid in role_pids:
             try:
                 proc = psutil.Process(pid)
-                for one in [proc, *proc.children(recursive=True)]:
+                # this process started the servers and workers: its own CPU is the flow's alone
+                family = [proc] if pid == os.getpid() else [proc, *proc.children(recursive=True)]
+                for one in family:
                     times = one.cpu_times()
                     used[role] += times.user + times.system
             except psutil.Error:  # gone: its share is lost, and the table says 0
@@ -424,7 +426,7 @@ def bench(args: argparse.Namespace) -> dict:
         bucket = "scale-" + uuid.uuid4().hex[:8]
         boto3.client("s3").create_bucket(Bucket=bucket)
         if args.plain:
-            plain_loop(campaign, settings, bucket, args.latency)  # warm-up: imports, clients
+            plain_loop(warm or campaign, settings, bucket, args.latency)  # warm-up: imports, clients
             plain["wall_s"], plain["images"] = plain_loop(campaign, settings, bucket, args.latency)
             print(f"plain loop: {plain['images']} images in {plain['wall_s']:.2f} s", flush=True)
         for db in args.databases:
