@@ -9,16 +9,17 @@ worker count it runs one campaign of `--images` images and reports throughput ag
 ideal N / latency, and where the rest went, from the sidecars (the stand-in's start and end of
 every batch, per worker pid) and the wall clock:
 
-- head: flow start -> first stand-in batch starts (planning, handing every batch over);
-- gap: on one worker, one batch's end -> its next batch's start (result persisted, states
-  reported, next run picked up, heartbeat artifact and `gpu` slot taken), median per batch;
+- head: flow start -> first stand-in batch starts (planning, the first hand-overs);
+- gap: on one worker, one stand-in batch's end -> its next one's start (the next batch's
+  bookkeeping overlaps the current one: a worker holds two pieces of work), median;
 - busy: the stand-in's share of N workers x the generation span;
-- tail: last batch ends -> flow returns (last batch published, contact sheet, artifacts).
+- tail: last batch ends -> flow returns (its publishing on the worker, contact sheet, artifacts);
+- CPU: cores busy on average per process role (flow, server, S3, workers) and machine-wide.
 
 The baseline is a plain loop with the same stand-in in this process: sleep, Pillow label,
 JPEG, boto3 `put_object`, one image after another.
 
-    .venv/bin/python bench/scale.py --workers 1,2,4,8 --images 224 --latency 0.3 \
+    .venv/bin/python bench/scale.py --workers 1,2,4,8 --images 1000 --latency 0.3 \
         --databases sqlite,postgres --json /tmp/scale.json
 
 Prints a markdown table; correctness (every planned image exactly once in S3, each made by

@@ -1,12 +1,14 @@
 """Hand-over of generation batches to resident task workers (the engine use is tasks.generation).
 
-Two ways to run generation, same code:
+Three ways to run generation, same code:
 - `generate_batch` (tasks.steps.generation): in the flow's own process (a plain `zpipe run`,
-  no server needed);
-- `generate_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
-  `.delay()`. The worker keeps the engine loaded across flow runs and generates one batch at
-  a time while it prepares the next; its results persist to result storage so the flow's
-  process can read them back.
+  no server needed), published there too;
+- `make_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
+  `.delay()`; the worker generates the batch, then publishes it (label, QA gate, spool,
+  upload, read back) while its next batch generates, and returns a small `MadeOnWorker`
+  record through result storage. Campaigns with `generation: workers` use it;
+- `generate_on_worker`: the same hand-over returning the images themselves (no publishing).
+The worker keeps the engine loaded across flow runs and runs one batch at a time on its GPU.
 
 Handing work to workers must survive a worker or server that dies. Prefect's task-run queue
 lives in the server's memory: it forgets a run once a worker acknowledged it (a worker killed
@@ -16,8 +18,9 @@ restart forgets every queued run. So `generate_on_worker.delay()` returns a `Han
 future: the worker beats a progress artifact on the run while it generates, and the flow's
 `result()` hands a batch over again (a new task run, the old one marked Crashed) when the
 beat stops, the run crashed, or a later batch started while this one still waits. Handing
-over is safe: generation writes nothing to the store (publishing does, keyed by content and
-skipped when the sidecar exists), and a worker skips a run that was already handed over.
+over is safe: generation writes nothing to the store, publishing (here or on a worker) is
+keyed by content and skips an image whose sidecar exists, and a worker skips a run that was
+already handed over.
 """
 
 from __future__ import annotations
