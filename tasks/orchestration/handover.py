@@ -62,9 +62,9 @@ from zengine import (
 
 # This process's GPU: a worker holds two pieces of work at once, one batch generates at a time.
 # Only this lock guards it: one worker per GPU is the deployment's rule (infra/check_infra.py).
-# A global `gpu` concurrency slot taken per batch cost 0.1-0.4 s of the GPU's time per batch on
-# SQLite (acquire + release, a lease renewed in the background), and a slot released by one
-# batch sometimes stayed taken for the next: the worker then waited out its 30 s timeout.
+# A global `gpu` concurrency slot taken per batch cost 0.1-0.13 s of the GPU's time per batch on
+# a quiet SQLite server (acquire + release), and a slot released by one batch sometimes stayed
+# taken for the next: the worker then waited out its 30 s timeout.
 THIS_GPU = threading.Lock()
 GENERATION_TAG = "zpipe-generation"  # on worker batches: a flow sees which started after its own
 HEARTBEAT = "zpipe heartbeat"  # starts the description of a batch's heartbeat artifact
