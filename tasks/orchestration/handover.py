@@ -207,15 +207,21 @@ def _handed_over(client: SyncPrefectClient, task_run_id: UUID) -> str | None:
     return None
 
 
-def _generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult] | State:
-    """Generate a batch on a resident GPU task worker, one batch at a time on its GPU."""
+def _skip_if_handed_over() -> State | None:
+    """Cancelled, if a flow gave up on this worker run and queued its batch again (so it is not
+    made twice); None to go on."""
     from prefect.runtime import task_run
 
-    policy = load_worker_policy()
     with get_client(sync_client=True) as client:
         handed_over = _handed_over(client, UUID(task_run.id))
-    if handed_over:  # a flow gave up on this run and queued the batch again: don't make it twice
-        return Cancelled(message=f"not generated: {handed_over}")
+    return Cancelled(message=f"not generated: {handed_over}") if handed_over else None
+
+
+def _generate_on_worker(jobs: list[ImageJob], settings: EngineSettings) -> list[GenerationResult] | State:
+    """Generate a batch on a resident GPU task worker, one batch at a time on its GPU."""
+    if (skipped := _skip_if_handed_over()) is not None:
+        return skipped
+    policy = load_worker_policy()
     # a worker runs two pieces of work at once (flows.services.worker): this one's run state,
     # check and heartbeat overlap the other's generation; the GPU takes one batch at a time
     with Heartbeat(_batch_name(), policy.heartbeat_s) as beat, THIS_GPU:
@@ -240,13 +246,9 @@ def _make_on_worker(jobs: list[ImageJob], settings: EngineSettings, store_url: s
     and upload it there: publishing runs beside the next batch's generation, on every worker,
     instead of in the flow's one process (which could label and upload only about 20 images a
     second for all the workers together, bench/RESULTS.md, scale)."""
-    from prefect.runtime import task_run
-
+    if (skipped := _skip_if_handed_over()) is not None:
+        return skipped
     policy = load_worker_policy()
-    with get_client(sync_client=True) as client:
-        handed_over = _handed_over(client, UUID(task_run.id))
-    if handed_over:  # a flow gave up on this run and queued the batch again: don't make it twice
-        return Cancelled(message=f"not generated: {handed_over}")
     with Heartbeat(_batch_name(), policy.heartbeat_s) as beat:
         with THIS_GPU:
             images = generate_images(jobs, settings, on_step=beat.on_step)
