@@ -7,14 +7,17 @@ saw it, and when the reply recorded it (the ledger record's `updated_at`, stampe
 upload: the image is in S3 by then); both against the wall clock of this machine, from the
 moment the intake's 202 arrived. For each comment it splits the time into the work
 (generation + label + QA gate, from the sidecar) and the rest (event -> trigger -> flow run
-start, or hand-off to the worker; upload, ledger updates): the orchestration share.
+start, or hand-off to the worker; upload, ledger updates): the orchestration share, and the
+pick-up into "accepted -> the answering run created" and "created -> running". Per comment
+lines and the stack's home (its logs) go to stderr.
 
-    .venv/bin/python bench/comment_latency.py --n 20
+    .venv/bin/python bench/comment_latency.py --n 20 --fast-path both --database both
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -31,11 +34,15 @@ from pathlib import Path
 import boto3
 import httpx
 
-from flows.services.intake import post_comment
-from tasks.steps.comments import CLOSED_MESSAGE as CLOSED
-from tasks.store.keys import COMMENTS
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/comment_latency.py`: the tests' database helper
+    sys.path.insert(0, str(REPO))
+
+from bench.scale import database  # noqa: E402 - after the repo is on sys.path
+from flows.services.intake import post_comment  # noqa: E402
+from tasks.steps.comments import CLOSED_MESSAGE as CLOSED  # noqa: E402
+from tasks.store.keys import COMMENTS  # noqa: E402
+
 POLL_S = 0.05  # between two status polls: at most this much of "status done" is the poll's
 ZPIPE = str(Path(sys.executable).parent / "zpipe")
 
@@ -61,21 +68,30 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--fast-path", choices=["on", "off", "both"], default="both",
                         help="the intake's hand-off to a resident worker (both: off, then on)")
+    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="sqlite",
+                        help="the Prefect server's database (postgres: a database of its own on "
+                             "127.0.0.1:5432, dropped after; both: SQLite, then PostgreSQL)")
     args = parser.parse_args()
-    for mode in (["off", "on"] if args.fast_path == "both" else [args.fast_path]):
-        measure(args.n, mode == "on")
+    for db in (["sqlite", "postgres"] if args.database == "both" else [args.database]):
+        for mode in (["off", "on"] if args.fast_path == "both" else [args.fast_path]):
+            with database(db) as url:
+                measure(args.n, mode == "on", url)
 
 
-def measure(n: int, fast_path: bool) -> None:
-    """One stack, `n` sequential comments after a warm-up; prints the table."""
+def measure(n: int, fast_path: bool, database_url: str | None = None) -> None:
+    """One stack (its Prefect server on `database_url`, else SQLite), `n` sequential comments
+    after a warm-up; prints the table."""
     home = Path(tempfile.mkdtemp(prefix="zpipe-bench-"))
     load_before = os.getloadavg()[0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
+    # the caller's Prefect and AWS settings stay out, except the server's log of the 503s it
+    # answers (PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true: "database is locked" on SQLite)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PREFECT_")) or k == "PREFECT_SERVER_LOG_RETRYABLE_ERRORS"}
     env["ZPIPE_INTAKE_FAST_PATH"] = "true" if fast_path else "false"
     run = lambda *a: subprocess.run([ZPIPE, *a, "--home", str(home)], cwd=REPO, env=env,  # noqa: E731
                                     capture_output=True, text=True, check=True)
     run("up", "--prefect-port", str(_port()), "--s3-port", str(_port()),
-        "--intake-port", str(_port()))
+        "--intake-port", str(_port()), "--database-url", database_url or "sqlite")
     try:
         info = json.loads(run("status", "--json").stdout)
         secret = Path(info["intake_secret_file"]).read_text().strip()
@@ -84,6 +100,7 @@ def measure(n: int, fast_path: bool) -> None:
                           aws_access_key_id=creds["aws_access_key_id"],
                           aws_secret_access_key=creds["aws_secret_access_key"])
         totals, recorded, picked, work, accept, by_worker = [], [], [], [], [], 0
+        created, waited = [], []
         event_runs: dict[str, int] = {}
         for i in range(n + 1):  # comment 0 warms up (first flow-run imports, jieba)
             comment = {"id": f"bench-{i}-{int(time.time())}", "author": f"user{i}", "brand": "demo",
@@ -107,8 +124,13 @@ def measure(n: int, fast_path: bool) -> None:
             if i == 0:
                 continue
             api = info["prefect_api_url"]
-            on_worker, running_at = _answering_run(api, status["flow_run_id"])
+            on_worker, created_at, running_at = _answering_run(api, status["flow_run_id"])
             by_worker += on_worker
+            created.append(created_at - accepted_at)
+            waited.append(running_at - created_at)
+            print(f"{comment['id']}: 202 -> created {created[-1]:.2f} s, -> running {waited[-1]:.2f} s, "
+                  f"-> recorded {recorded_at - accepted_at if (recorded_at := _utc_s(record['updated_at'])) else 0:.2f} s",
+                  file=sys.stderr)
             totals.append(done - accepted)
             recorded.append(_utc_s(record["updated_at"]) - accepted_at)
             picked.append(running_at - accepted_at)
@@ -120,10 +142,12 @@ def measure(n: int, fast_path: bool) -> None:
             event_runs[state] = event_runs.get(state, 0) + 1
     finally:
         run("down")
+        print(f"stack home (its logs): {home}", file=sys.stderr)
     share = [1 - w / t for w, t in zip(work, recorded, strict=True)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, tiny model; "
           f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after; "
+          f"Prefect on {'PostgreSQL' if database_url else 'SQLite'}; "
           f"n={n} sequential comments after 1 warm-up; fast path {'on' if fast_path else 'off'}: "
           f"{by_worker} of {n} answered on the resident worker; the events' runs: "
           + ", ".join(f"{count} {state}" for state, count in sorted(event_runs.items())))
@@ -132,6 +156,8 @@ def measure(n: int, fast_path: bool) -> None:
             ("accepted -> reply recorded done (ledger updated_at; image in S3), s", recorded, "{:.2f}"),
             (f"accepted -> status poll sees done (every {POLL_S:g} s), s", totals, "{:.2f}"),
             ("accepted -> the answering run is running (worker pick-up / flow start), s", picked, "{:.2f}"),
+            ("of which accepted -> that run created (`.delay()` / event, trigger), s", created, "{:.2f}"),
+            ("of which created -> running (server queue, worker, parameters read), s", waited, "{:.2f}"),
             ("of which generation + label + QA (sidecar), s", work, "{:.2f}"),
             ("orchestration share of the recorded time (hand-off or event, trigger, flow start; "
              "upload, ledger), %", [x * 100 for x in share], "{:.0f}")]
@@ -139,16 +165,18 @@ def measure(n: int, fast_path: bool) -> None:
         print(f"| {name} | {fmt.format(statistics.median(values))} | {fmt.format(_pct(values, .95))} |")
 
 
-def _answering_run(api_url: str, run_id: str | None) -> tuple[int, float]:
+def _answering_run(api_url: str, run_id: str | None) -> tuple[int, float, float]:
     """(1 if the fast path answered: a task run on the worker, or a flow run without a
-    deployment started inside it; else 0, when that run started running, as epoch seconds)."""
+    deployment started inside it; else 0, when that run was created and when it started
+    running, as epoch seconds)."""
     if not run_id:
-        return 0, math.nan
+        return 0, math.nan, math.nan
     task_run = httpx.get(f"{api_url}/task_runs/{run_id}", timeout=10)
     if task_run.status_code == 200:
-        return 1, _utc_s(task_run.json().get("start_time"))
-    flow_run = httpx.get(f"{api_url}/flow_runs/{run_id}", timeout=10).json()
-    return int(flow_run.get("deployment_id") is None), _utc_s(flow_run.get("start_time"))
+        run = task_run.json()
+        return 1, _utc_s(run.get("created")), _utc_s(run.get("start_time"))
+    run = httpx.get(f"{api_url}/flow_runs/{run_id}", timeout=10).json()
+    return int(run.get("deployment_id") is None), _utc_s(run.get("created")), _utc_s(run.get("start_time"))
 
 
 def _event_run_fates(api_url: str) -> list[str]:
