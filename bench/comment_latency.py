@@ -17,7 +17,6 @@ lines and the stack's home (its logs) go to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -128,11 +127,10 @@ def measure(n: int, fast_path: bool, database_url: str | None = None) -> None:
             by_worker += on_worker
             created.append(created_at - accepted_at)
             waited.append(running_at - created_at)
-            print(f"{comment['id']}: 202 -> created {created[-1]:.2f} s, -> running {waited[-1]:.2f} s, "
-                  f"-> recorded {recorded_at - accepted_at if (recorded_at := _utc_s(record['updated_at'])) else 0:.2f} s",
-                  file=sys.stderr)
             totals.append(done - accepted)
             recorded.append(_utc_s(record["updated_at"]) - accepted_at)
+            print(f"{comment['id']}: 202 -> created {created[-1]:.2f} s, -> running {waited[-1]:.2f} s, "
+                  f"-> recorded {recorded[-1]:.2f} s", file=sys.stderr)
             picked.append(running_at - accepted_at)
             accept.append(accepted - started)
             timings, qa = sidecar["timings"], (sidecar.get("qa") or {}).get("timings_s", {})
