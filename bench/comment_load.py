@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,47 +136,88 @@ def sign_all(requests: list[Sent], secret: bytes, brand: str, blocked_terms: lis
                         SIGNATURE_HEADER: sign(key, stamp, sent.body)}
 
 
-async def burst(url: str, requests: list[Sent], concurrency: int, timeout_s: float) -> float:
+async def burst(url: str, requests: list[Sent], concurrency: int, timeout_s: float,
+                client: str = "aiohttp") -> float:
     """Send every request, at most `concurrency` at a time; returns the wall time in seconds.
 
-    Each of the `concurrency` senders has its own client and keep-alive connection (like a
-    platform's webhook workers). One client pooling 32 connections spends more CPU than the
-    intake itself (httpx's async pool, encode/httpx#3215): against a server that only answers
-    a fixed 429, 3.1 s of client CPU per 1,000 requests and p99 570-880 ms, against 1.3 s and
-    p99 90-145 ms with a client per sender (2 cores, 2026-12-07); a shared pool measured the client.
+    Each of the `concurrency` senders has its own keep-alive connection (like a platform's
+    webhook workers), opened before the timed burst. The client shares this machine's cores
+    with the intake, so its own CPU shows up as the intake's latency: httpx (`--client
+    httpx`) spends ~1.8 ms of CPU per request, aiohttp (the default) ~0.5 ms (2 cores,
+    2026-12-07). One httpx client pooling 32 connections spent 3.1 ms and gave p99 570-880 ms
+    against a server that only answers a fixed 429 (encode/httpx#3215).
     """
     endpoint = url.rstrip("/") + "/v1/comments"
     queue: asyncio.Queue[Sent] = asyncio.Queue()
     for sent in requests:
         queue.put_nowait(sent)
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    send = _aiohttp_sender if client == "aiohttp" else _httpx_sender
+    async with send(url, concurrency, timeout_s) as (post, warm):
+        async def worker(i: int) -> None:
+            while not queue.empty():
+                sent = queue.get_nowait()
+                started = time.perf_counter()
+                try:
+                    sent.status, sent.retry_after, sent.state = await post(i, endpoint, sent)
+                except (TimeoutError, httpx.HTTPError, OSError) as exc:  # aiohttp's are OSErrors
+                    sent.error = f"{type(exc).__name__}: {exc}"
+                finally:
+                    sent.latency_ms = (time.perf_counter() - started) * 1000
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            sent = queue.get_nowait()
-            started = time.perf_counter()
-            try:
-                answer = await client.post(endpoint, content=sent.body, headers=sent.headers)
-            except httpx.HTTPError as exc:
-                sent.error = f"{type(exc).__name__}: {exc}"
-                continue
-            finally:
-                sent.latency_ms = (time.perf_counter() - started) * 1000
-            sent.status = answer.status_code
-            sent.retry_after = answer.headers.get("retry-after")
-            if answer.headers.get("content-type", "").startswith("application/json"):
-                sent.state = answer.json().get("state")
-
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=timeout_s))
-                   for _ in range(concurrency)]
         # each sender opens its connection first (GET /healthz): the burst times the intake's
         # answers, not 32 clients setting up at once (the first 32 answers measured 250-750 ms
         # without this, the next ones ~40 ms)
-        await asyncio.gather(*(client.get(url.rstrip("/") + "/healthz") for client in clients))
+        await asyncio.gather(*(warm(i, url.rstrip("/") + "/healthz") for i in range(concurrency)))
         started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for client in clients))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
         return time.perf_counter() - started
+
+
+Answer = tuple[int, str | None, str | None]  # status, Retry-After, state
+
+
+@contextlib.asynccontextmanager
+async def _httpx_sender(url: str, concurrency: int, timeout_s: float) -> AsyncIterator[tuple]:
+    """A `httpx.AsyncClient` with one connection per sender."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=timeout_s))
+                   for _ in range(concurrency)]
+
+        async def post(i: int, endpoint: str, sent: Sent) -> Answer:
+            answer = await clients[i].post(endpoint, content=sent.body, headers=sent.headers)
+            state = (answer.json().get("state")
+                     if answer.headers.get("content-type", "").startswith("application/json") else None)
+            return answer.status_code, answer.headers.get("retry-after"), state
+
+        async def warm(i: int, health: str) -> None:
+            await clients[i].get(health)
+
+        yield post, warm
+
+
+@contextlib.asynccontextmanager
+async def _aiohttp_sender(url: str, concurrency: int, timeout_s: float) -> AsyncIterator[tuple]:
+    """An `aiohttp.ClientSession` per sender, each with one keep-alive connection."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1), timeout=timeout)) for _ in range(concurrency)]
+
+        async def post(i: int, endpoint: str, sent: Sent) -> Answer:
+            async with sessions[i].post(endpoint, data=sent.body, headers=sent.headers) as answer:
+                body = await answer.read()
+                state = (json.loads(body).get("state")
+                         if answer.content_type == "application/json" else None)
+                return answer.status, answer.headers.get("Retry-After"), state
+
+        async def warm(i: int, health: str) -> None:
+            async with sessions[i].get(health) as answer:
+                await answer.read()
+
+        yield post, warm
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -217,6 +259,7 @@ def _by_status(requests: list[Sent]) -> dict[int, list[float]]:
 def print_table(summary: dict, args: argparse.Namespace) -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; date {datetime.now(UTC):%Y-%m-%d}; "
           f"{summary['requests']} requests, concurrency {args.concurrency}, {args.authors} authors, "
+          f"{args.client} client, "
           "client and stack on one machine (loopback)")
     print("\n| kind | answer | count |\n|---|---|---|")
     for row in summary["answers"]:
@@ -250,6 +293,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-id", default=f"load-{int(time.time())}", help="prefix of comment ids")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp",
+                        help="the senders' HTTP client (see `burst`: its CPU is on these cores too)")
     parser.add_argument("--json", type=Path, help="write every request's answer and the summary here")
     args = parser.parse_args()
     if args.n < 1 or args.concurrency < 1 or args.authors < 1:
@@ -266,7 +311,7 @@ def main() -> None:
     sign_all(requests, secret, args.brand, terms, args.seed)
     intake = psutil.Process(info["processes"]["intake"]["pid"])
     cpu_before = (sum(intake.cpu_times()[:2]), time.process_time())
-    wall_s = asyncio.run(burst(info["intake_url"], requests, args.concurrency, args.timeout))
+    wall_s = asyncio.run(burst(info["intake_url"], requests, args.concurrency, args.timeout, args.client))
     summary = summarize(requests, wall_s)
     # where the CPU went: the intake's process, and this client (on the same cores)
     summary["cpu_s"] = {"intake": round(sum(intake.cpu_times()[:2]) - cpu_before[0], 2),
