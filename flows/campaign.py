@@ -38,7 +38,7 @@ from tasks.publish.review import ApprovalOutcome
 from tasks.qa import QAAttempt
 from tasks.steps.approval import apply_decision_task
 from tasks.steps.content import plan_week_task, read_catalogue_task
-from tasks.steps.generation import generate_batches, handover_size, make_on_workers
+from tasks.steps.generation import generate_batches, handovers, make_on_workers
 from tasks.steps.notify import notify_task, redeliver_task
 from tasks.steps.publish import (
     find_missing_task,
@@ -183,10 +183,11 @@ def weekly_campaign(
     #    resident workers both happen there (the flow hands batches over and collects what
     #    was published), in-process the publishing runs in this process's task threads
     on_workers = config.generation == "workers"
-    size = handover_size(len(todo), engine.max_batch) if on_workers and todo else engine.max_batch
+    batches = (handovers(todo, engine.max_batch) if on_workers and todo
+               else _chunks(todo, engine.max_batch))
     timings: dict[str, dict[str, float]] = {}  # key -> generation timings, for the run's table
     looked: dict[str, StoredLook] = {}  # images the workers read back (for the contact sheet)
-    outcomes = _make_and_publish(_chunks(todo, size), engine, on_workers, store, bundle, config,
+    outcomes = _make_and_publish(batches, engine, on_workers, store, bundle, config,
                                  progress, timings, looked)
 
     # 4b. The QA gate sent some back (drawn text misread): make them again with the next seed
@@ -355,12 +356,13 @@ def _publish_artifacts(summary: CampaignSummary, jobs: list[ImageJob],
     store = store_at(summary.store)
     status = {}
     rows = []
+    failed, held, created, from_spool = (set(summary.failed), set(summary.held), set(summary.created),
+                                         set(summary.from_spool))  # (lists: 1,000 x 1,000 compares)
     for job in jobs:
         made = timings.get(job.key, {})
-        status[job.key] = ("failed" if job.key in summary.failed
-                           else "held by QA" if job.key in summary.held
-                           else "new" if job.key in summary.created
-                           else "from spool" if job.key in summary.from_spool else "already there")
+        status[job.key] = ("failed" if job.key in failed else "held by QA" if job.key in held
+                           else "new" if job.key in created
+                           else "from spool" if job.key in from_spool else "already there")
         rows.append({
             "day": f"{job.weekday} {job.date}", "format": job.format, "variant": job.variant,
             "template": f"{job.prompt.template}@{job.prompt.version}", "seed": job.seed,
