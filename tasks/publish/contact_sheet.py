@@ -44,6 +44,10 @@ READ_THREADS = 8  # images and sidecars read back from the store at once
 THUMB_PX = 192  # long side: a week of 7 days x 6 formats fits a laptop screen, ~5-12 KB each
 THUMB_QUALITY = 70  # JPEG: enough to judge composition and colour; the link has the detail
 GALLERY_THUMB_PX = 128  # the Prefect UI gallery: smaller, it sits in a narrow artifact pane
+# Thumbnails in the UI gallery at most (whole rows; a week of 7 days x 6 formats x 4 variants
+# is 168): a 1,000-image catalogue week made an 8.5 MB artifact and 1.2 s of the flow's CPU at
+# its end. The contact sheet in the store always shows every image.
+GALLERY_MAX_THUMBNAILS = 200
 
 Place = Literal["stored", "pending", "published", "held", "missing"]
 STATUS: dict[Place, str] = {  # what each place means to a reader of the sheet
@@ -440,8 +444,13 @@ def gallery_markdown(cells: list[SheetCell], heading: list[str],
     lines = [*heading, ""] if heading else []
     lines += ["| day | " + " | ".join(f"{f} v{v}" for f, v in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    for weekday in dict.fromkeys(job.row for job in jobs):  # a day, or a day and a SKU
-        first = next(c.job for c in cells if c.job.row == weekday)
+    rows = list(dict.fromkeys(job.row for job in jobs))  # a day, or a day and a SKU
+    shown = rows[:max(1, GALLERY_MAX_THUMBNAILS // max(1, len(columns)))]
+    firsts = {}
+    for cell in cells:
+        firsts.setdefault(cell.job.row, cell.job)
+    for weekday in shown:
+        first = firsts[weekday]
         row = [f"**{weekday}** {first.date.isoformat()[5:]}"
                + (f" · {_md(first.trend)}" if first.trend else "")]
         for fmt, variant in columns:
@@ -460,6 +469,11 @@ def gallery_markdown(cells: list[SheetCell], heading: list[str],
                 parts.append(f"[full size]({url})")
             row.append(" ".join(parts))
         lines.append("| " + " | ".join(row) + " |")
+    if len(shown) < len(rows):
+        on_screen = set(shown)
+        left = sum(cell.job.row not in on_screen for cell in cells)
+        lines += ["", f"{len(rows) - len(shown)} more rows ({left} images) are on the contact "
+                      "sheet in the store."]
     return "\n".join(lines)
 
 

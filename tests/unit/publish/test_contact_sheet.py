@@ -221,6 +221,21 @@ def test_gallery_markdown_is_a_grid_of_thumbnails_with_captions(demo, tmp_path):
     assert "\\<b\\>爆款\\</b\\> \\| \\!\\[x\\](javascript:alert(1))" in rows[2]
 
 
+
+def test_the_ui_gallery_stops_at_its_cap_and_says_where_the_rest_is(demo, tmp_path, monkeypatch):
+    import tasks.publish.contact_sheet as sheet_module
+
+    bundle, themes, jobs, _ = demo
+    store = LocalStore(tmp_path / "out")
+    _publish(store, jobs, bundle.brand, tmp_path)
+    cells = build_contact_sheet(store, jobs, themes).cells
+    monkeypatch.setattr(sheet_module, "GALLERY_MAX_THUMBNAILS", 6)  # 3 of the 7 days (2 columns)
+    markdown = gallery_markdown(cells, [])
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 3 and markdown.count("](data:image/jpeg;base64,") == 6
+    assert markdown.splitlines()[-1] == (f"4 more rows ({len(jobs) - 6} images) are on the "
+                                         "contact sheet in the store.")
+
 # --- A real S3 store -------------------------------------------------------------------------
 
 
