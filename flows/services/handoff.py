@@ -14,11 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 from typing import Any
 from uuid import UUID, uuid4
 
 HANDOFF_TIMEOUT_S = 30.0  # one hand-off (two API calls and a small file) never takes this long
+# A hand-off the server answers 503 is tried again after these waits. On SQLite, Prefect's
+# server answers 503 "database is locked" when the task run's insert meets the comment event's
+# own writes (its trigger makes a flow run at the same moment), and Prefect's client would wait
+# 2 s before trying again: that was the fast path's whole p95 (2026-12-07). The lock is gone in
+# milliseconds. A task run that failed with 503 was not written (the transaction rolled back),
+# and a reply cannot run twice anyway: it claims the comment in the ledger first.
+BUSY_RETRY_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+logger = logging.getLogger("zpipe.intake")
 
 
 class WorkerHandoff:
@@ -92,13 +102,30 @@ class WorkerHandoff:
         state.state_details.deferred = True
         state.state_details.task_parameters_id = parameters_id
         await store_parameters(store, parameters_id, {"parameters": parameters})
-        task_run = await client.create_task_run(
-            task=self._task, name=self._task.name, flow_run_id=None,
-            dynamic_key=f"{self._task.task_key}-{uuid4().hex}", state=state,
-            task_inputs={name: set() for name in parameters})  # plain strings: no upstream runs
+        task_run = await self._create_task_run(client, state, parameters)
         emit_task_run_state_change_event(task_run=task_run, initial_state=None,
                                          validated_state=task_run.state)
         return task_run.id
+
+    async def _create_task_run(self, client: Any, state: Any, parameters: dict[str, Any]) -> Any:
+        """The task run, tried again soon after a 503 (see `BUSY_RETRY_S`)."""
+        import httpx
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        for wait_s in (*BUSY_RETRY_S, None):
+            try:
+                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                    return await client.create_task_run(
+                        task=self._task, name=self._task.name, flow_run_id=None,
+                        dynamic_key=f"{self._task.task_key}-{uuid4().hex}", state=state,
+                        task_inputs={name: set() for name in parameters})  # strings: no upstream runs
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 503 or wait_s is None:
+                    raise
+                logger.info("the Prefect server answered a hand-off 503 (busy); trying again in %.2f s",
+                            wait_s)
+                await asyncio.sleep(wait_s)
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def _close(self) -> None:
         if self._opened is not None:
