@@ -511,11 +511,8 @@ class Intake:
         return brand
 
     def answer_from_memory(self, comment: Comment) -> tuple[int, CommentAnswer] | None:
-        """The answers decided in memory (no store read, no thread): a re-send moments after the
-        first (200, or 409 for other content), and a 429 for a comment surely new to the ledger
-        while its rate limit is used up. A surely new comment within its limits is counted here,
-        at once: of a burst's first requests only those the limits let through take a thread.
-        None: `admit` decides (`counted` tells it whether the limits already counted it)."""
+        """The answer to a re-send moments after the first, decided in memory (no store read,
+        no thread): 200, or 409 for other content. None: not one (see `count_if_new`, `admit`)."""
         with self._recent_lock:
             record = self._recent.get(comment.id)
         if record is not None:
@@ -524,8 +521,10 @@ class Intake:
         return None
 
     def count_if_new(self, comment: Comment) -> bool:
-        """Count a comment surely new to the ledger against its rate limits now (429 when used
-        up); False for a possible re-send, which gets its first answer whatever the limits."""
+        """Count a comment surely new to the ledger against its rate limits now, on the event
+        loop (429 when used up): of a burst's first requests only those the limits let through
+        take a thread. False for a possible re-send, which gets its first answer whatever the
+        limits (`admit` then decides)."""
         if not self.ids.surely_new(comment.id):
             return False
         self.limits.acquire(comment.brand, comment.author)
@@ -793,7 +792,8 @@ def create_app(settings: IntakeSettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(warm_keywords)  # the first comment need not wait for it
         # in the background: the ledger's ids (until listed, every comment reads the ledger), the
-        # first queue depth and Prefect's events worker (the first comment need not wait for them)
+        # first queue depth, one store round trip of each kind, Prefect's events worker and the
+        # hand-off's client (the first comments need not wait for them)
         warm = [("ledger-ids", intake.ids.load), ("queue-depth", intake.queue.depth),
                 ("store", intake.warm_store)]
         if settings.emit is None:
