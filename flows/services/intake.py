@@ -626,18 +626,14 @@ class Intake:
             self.handoff(comment_id, brand)  # type: ignore[misc]
         except Exception:  # the event still brings the reply, a few seconds later
             logger.exception("comment %s: not handed to a worker; its event will answer it", comment_id)
-        else:  # ~0.1 s; ~2 s where Prefect's SQLite was locked (503, and its client's retry)
+        else:  # 0.02-0.1 s; ~2 s where Prefect's SQLite server held it locked (see handoff.py)
             logger.info("comment %s: handed to a worker in %.2f s", comment_id, time.perf_counter() - started)
 
     def warm_store(self) -> None:
-        """Write, read and delete one small object in the ledger's folder at start.
-
-        A burst's first comments claim their records at once. Without this their claims took
-        1,020 ms instead of 10-40 ms (2 cores, 2026-12-07): the first one ~220 ms, while
-        SeaweedFS created the ledger's folder, and the others queued behind it; the first call
-        of each S3 operation also builds it in botocore (~200 ms of CPU). It also shows at
-        start whether the store takes writes.
-        """
+        """Write, read and delete one small object in the ledger's folder at start: botocore
+        builds each S3 operation at its first call (~200 ms of CPU, holding the GIL the event
+        loop needs), which the first comments of a burst would otherwise pay together. It also
+        shows at start whether the store takes writes."""
         key = f"{self.ledger.prefix}/.intake-warm-up"  # not a record: the ledger lists *.json
         try:
             self.store.put(key, b"", "text/plain", overwrite=True)

@@ -661,21 +661,13 @@ def _wait_ready(name: str, entry: Mapping[str, Any], config: Mapping[str, Any], 
         time.sleep(POLL_S)
 
 
-WARM_KEY = ".zpipe/up-probe"  # written and deleted once by `up` (see _ensure_bucket)
-
-
 def _ensure_bucket(config: Mapping[str, Any], creds: Secrets) -> bool:
-    """Create the bucket if missing (True when created). Either way one small object is
-    written and deleted: a fresh SeaweedFS allocates its volumes at its first write (0.2 s
-    alone, ~1 s for the first comments of a burst on 2 cores, 2026-12-07), now inside `up`."""
     client = _s3_client(config["s3_endpoint_url"], creds)
     names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    created = config["bucket"] not in names
-    if created:
-        client.create_bucket(Bucket=config["bucket"])
-    client.put_object(Bucket=config["bucket"], Key=WARM_KEY, Body=b"")
-    client.delete_object(Bucket=config["bucket"], Key=WARM_KEY)
-    return created
+    if config["bucket"] in names:
+        return False
+    client.create_bucket(Bucket=config["bucket"])
+    return True
 
 
 # --------------------------------------------------------------------------- up
