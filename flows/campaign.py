@@ -38,7 +38,7 @@ from tasks.publish.review import ApprovalOutcome
 from tasks.qa import QAAttempt
 from tasks.steps.approval import apply_decision_task
 from tasks.steps.content import plan_week_task, read_catalogue_task
-from tasks.steps.generation import generate_batches, handovers, make_on_workers
+from tasks.steps.generation import chunks, generate_batches, handovers, make_on_workers
 from tasks.steps.notify import notify_task, redeliver_task
 from tasks.steps.publish import (
     find_missing_task,
@@ -111,10 +111,6 @@ def _resolve_week(campaign: str, week: str | None, store: str | None, settings: 
                  resolve_store_url(store or config.store))
 
 
-def _chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
-    return [jobs[i:i + size] for i in range(0, len(jobs), size)]
-
-
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -184,7 +180,7 @@ def weekly_campaign(
     #    was published), in-process the publishing runs in this process's task threads
     on_workers = config.generation == "workers"
     batches = (handovers(todo, engine.max_batch) if on_workers and todo
-               else _chunks(todo, engine.max_batch))
+               else chunks(todo, engine.max_batch))
     timings: dict[str, dict[str, float]] = {}  # key -> generation timings, for the run's table
     looked: dict[str, StoredLook] = {}  # images the workers read back (for the contact sheet)
     outcomes = _make_and_publish(batches, engine, on_workers, store, bundle, config,
@@ -194,7 +190,7 @@ def weekly_campaign(
     retries = [retry for _, outcome in outcomes for retry in outcome.retry]
     while retries:
         logger.info("QA: %d image(s) made again with the next seed", len(retries))
-        again = _make_and_publish(_chunks([retry.job for retry in retries], engine.max_batch), engine,
+        again = _make_and_publish(chunks([retry.job for retry in retries], engine.max_batch), engine,
                                   on_workers, store, bundle, config, None, timings, looked,
                                   attempts={retry.job.key: retry.attempts for retry in retries})
         outcomes += again

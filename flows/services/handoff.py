@@ -112,20 +112,23 @@ class WorkerHandoff:
         import httpx
         from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-        for wait_s in (*BUSY_RETRY_S, None):
+        async def create() -> Any:
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):  # while it runs
+                return await client.create_task_run(
+                    task=self._task, name=self._task.name, flow_run_id=None,
+                    dynamic_key=f"{self._task.task_key}-{uuid4().hex}", state=state,
+                    task_inputs={name: set() for name in parameters})  # strings: no upstream runs
+
+        for wait_s in BUSY_RETRY_S:
             try:
-                with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-                    return await client.create_task_run(
-                        task=self._task, name=self._task.name, flow_run_id=None,
-                        dynamic_key=f"{self._task.task_key}-{uuid4().hex}", state=state,
-                        task_inputs={name: set() for name in parameters})  # strings: no upstream runs
+                return await create()
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 503 or wait_s is None:
+                if exc.response.status_code != 503:
                     raise
                 logger.info("the Prefect server answered a hand-off 503 (busy); trying again in %.2f s",
                             wait_s)
                 await asyncio.sleep(wait_s)
-        raise AssertionError("unreachable: the last try returns or raises")
+        return await create()
 
     async def _close(self) -> None:
         if self._opened is not None:

@@ -19,7 +19,8 @@ from tasks.qa import QAAttempt, QASettings
 from tasks.steps.policies import ENGINE_RETRY, NEVER_CACHE
 from zengine import GenerationResult
 
-__all__ = ["generate_batch", "generate_batches", "generate_on_worker", "handovers", "make_on_workers"]
+__all__ = ["chunks", "generate_batch", "generate_batches", "generate_on_worker", "handovers",
+           "make_on_workers"]
 
 # Batches handed to resident workers at once: each hand-over is a server round trip (a task
 # run created, its parameters stored), 0.1-0.5 s on a busy SQLite server; one after another
@@ -49,10 +50,11 @@ def handovers(jobs: list[ImageJob], max_batch: int) -> list[list[ImageJob]]:
     gpu_batches = len(jobs) // (max_batch * workers * ROUNDS_PER_WORKER)
     size = max_batch * min(HANDOVER_MAX_GPU_BATCHES, max(1, gpu_batches))
     tail = min(len(jobs), max_batch * workers * TAIL_ROUNDS) if size > max_batch else 0
-    return _cut(jobs[:len(jobs) - tail], size) + _cut(jobs[len(jobs) - tail:], max_batch)
+    return chunks(jobs[:len(jobs) - tail], size) + chunks(jobs[len(jobs) - tail:], max_batch)
 
 
-def _cut(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
+def chunks(jobs: list[ImageJob], size: int) -> list[list[ImageJob]]:
+    """`jobs` in order, `size` at a time (the last chunk may be shorter)."""
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
 
 
