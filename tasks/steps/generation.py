@@ -14,6 +14,7 @@ from prefect.futures import PrefectFuture
 from tasks.config.schema import BrandConfig, EngineSettings
 from tasks.content.plan import ImageJob
 from tasks.generation.engine import generate_images
+from tasks.orchestration.handoff import TaskRunHandoff
 from tasks.orchestration.handover import MadeOnWorker, _batch_name, generate_on_worker, make_on_worker
 from tasks.qa import QAAttempt, QASettings
 from tasks.steps.policies import ENGINE_RETRY, NEVER_CACHE
@@ -99,15 +100,17 @@ def _on_workers(batches: list[list[ImageJob]], task: Any, *args: Any, timeout: f
     """Hand every batch to `task` on resident workers from `HANDOVER_THREADS` threads, in
     order (the server's queue is first in, first out), and wait for them in that order."""
     pool = ThreadPoolExecutor(HANDOVER_THREADS, thread_name_prefix="hand-over")
+    handoff = TaskRunHandoff(task)  # one API client for every hand-over (and hand-over again)
     try:
         # each hand-over in a copy of this context: the flow run it belongs to lives there
         handing: list[tuple[list[ImageJob], Future]] = [
-            (batch, pool.submit(contextvars.copy_context().run, task.delay, batch, *args))
+            (batch, pool.submit(contextvars.copy_context().run, task.hand_over, handoff, batch, *args))
             for batch in batches]
         for batch, handed in handing:
             yield batch, handed.result().result(timeout=timeout)
     finally:  # the flow stopped early: batches not handed over yet never are
         pool.shutdown(wait=True, cancel_futures=True)
+        handoff.close()
 
 
 def make_on_workers(batches: list[list[ImageJob]], engine: EngineSettings, store_url: str,
