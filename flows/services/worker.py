@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from prefect import Task
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.task_worker import serve
 
@@ -30,5 +33,30 @@ def run_worker(settings: Settings, preload: bool = True) -> None:
     # left the GPU idle 0.2-0.7 s between batches (bench/RESULTS.md, scale).
     # Fast-path replies log from a task run with no flow run: Prefect keeps those lines local
     # (the task run is their record) and would warn once per line
+    served = (make_on_worker, generate_on_worker, reply_on_worker)
     with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
-        serve(make_on_worker, generate_on_worker, reply_on_worker, limit=WORK_AT_ONCE)
+        start_prefect_services(served)
+        serve(*served, limit=WORK_AT_ONCE)
+
+
+def start_prefect_services(served: tuple[Task[..., Any], ...]) -> None:
+    """Start now, from this thread, the Prefect services a task run starts on first use (the
+    events and API-log workers, and one concurrency-slot service per set of task tags).
+
+    Prefect 3.9.1 creates each such service under one lock shared by all of them
+    (`_QueueServiceBase._instance_lock`) and, holding it, waits for the service to start on
+    Prefect's global event loop. The task worker's receiving code runs on that loop and emits
+    an event for every run it receives, which takes the same lock: a worker that received its
+    second run while its first one started the `tag:zpipe-generation` slot service hung for
+    good with both runs (py-spy, 2026-12-08: the loop in `EventsWorker.instance`, the run in
+    `_new_instance`); the flow handed the batches over again after 60 s. Started here, before
+    the worker serves anything, no run has to create one.
+    """
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.instance()
+    APILogWorker.instance()
+    for tags in {frozenset(f"tag:{tag}" for tag in task.tags) for task in served if task.tags}:
+        ConcurrencySlotAcquisitionWithLeaseService.instance(tags)

@@ -148,3 +148,45 @@ def test_approval_timeout_rejects_everything(prefect_api, zpipe_cache, tmp_path)
     summary, _ = _run_and_review(campaign, out, None)
     assert summary.approval.reason == "review timed out"
     assert [k for k in LocalStore(out).list() if not k.startswith("_")] == []
+
+
+# A worker receiving a run (on Prefect's global loop, which emits an event for it) while an
+# earlier run starts a Prefect service (holding the services' shared lock, waiting for that
+# loop): the race that hung a worker with two batches for good (flows.services.worker).
+_SERVICE_RACE = """
+import sys, threading, time
+from prefect._internal.concurrency.api import create_call, from_sync
+from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+from prefect.events.worker import EventsWorker
+from flows.services.worker import start_prefect_services
+from tasks.orchestration.handover import make_on_worker
+
+if sys.argv[1] == "started":
+    start_prefect_services((make_on_worker,))
+
+def receive():  # the task worker's receiving code: busy a moment, then an event
+    time.sleep(0.5)
+    EventsWorker.instance()
+
+received = from_sync.call_soon_in_loop_thread(create_call(receive))
+time.sleep(0.1)  # the loop is busy receiving: this run's engine starts its slot service now
+ConcurrencySlotAcquisitionWithLeaseService.instance(frozenset({"tag:zpipe-generation"}))
+received.result()
+print("both done")
+"""
+
+
+@pytest.mark.parametrize("start", ["started", "not-started"])
+def test_a_worker_starts_prefects_services_before_it_serves_so_a_second_run_cannot_hang_it(
+        prefect_api, start):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    try:
+        done = subprocess.run([sys.executable, "-c", _SERVICE_RACE, start], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        assert start == "not-started", "the worker's services were started and it still hung"
+        return  # Prefect's own behaviour, the reason for start_prefect_services
+    assert start == "started", "without its services started first the race no longer hangs: " \
+                               "Prefect fixed it, and start_prefect_services can go"
+    assert done.returncode == 0, done.stderr
+    assert "both done" in done.stdout
