@@ -9,10 +9,10 @@ The fast path: the intake also hands each accepted comment straight to a residen
 (`reply_on_worker`, served by `zpipe worker`), which answers it in one task run on the engine
 it already holds: the same steps as the flow, called as plain functions (no nested flow run,
 no task run per step, no new process, no trigger latency). The Prefect event still fires (for
-automations and the UI) and still triggers a run: the fast path puts it `FALLBACK_DELAY_S`
-later once it has claimed the comment (so no second process competes for the CPU while it
-generates), marks it Completed once the answer is recorded, and lets it start at once if the
-reply fails. A triggered run that starts anyway finds the comment answered and ends.
+automations and the UI); with the fast path its trigger is proactive
+(`flows.deployments.comment_trigger`): it makes a comment-reply run only for a comment whose
+`zpipe.comment.answered` event (emitted by whichever run records the answer) did not follow
+within `FALLBACK_DELAY_S`. A worker whose reply fails starts that run itself, at once.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run, task_run
 
 from flows.campaign import resolve_store_url
+from flows.names import ANSWERED_EVENT, COMMENT_DEPLOYMENT, COMMENT_FLOW, COMMENT_RESOURCE_PREFIX
 from flows.review import announce_held
 from tasks.config.schema import Settings, find_brand, load_settings
 from tasks.content.plan import ImageJob
@@ -34,11 +35,8 @@ from tasks.publish.batch import HeldByQA
 from tasks.qa import QAAttempt
 from tasks.steps.comments import (
     await_reply_task,
-    close_event_runs,
-    defer_event_runs,
     finish_reply_task,
     plan_reply_task,
-    release_event_runs,
     start_reply_task,
 )
 from tasks.steps.generation import generate_batches
@@ -107,8 +105,9 @@ def reply_on_worker(comment_id: str, brand: str, brands_dir: str, store: str,
 
     The flow's steps as plain calls in this one task run (its logs are the reply's record in
     Prefect), generating on this process's engine; the ledger claim (under this task run's id)
-    makes it and the event-triggered run answer the comment exactly once between them. It
-    never waits for another run's answer: that run may be waiting for this very worker.
+    makes it and a comment-reply run answer the comment exactly once between them. It never
+    waits for another run's answer: that run may be waiting for this very worker. If it fails
+    after claiming the comment, the fallback run starts at once (`start_fallback_run`).
     """
     config = load_settings(settings)
     run_id = str(task_run.id)
@@ -119,20 +118,42 @@ def reply_on_worker(comment_id: str, brand: str, brands_dir: str, store: str,
             (result,) = generate_images([job], config.engine)
         return result
 
-    def claim() -> None:  # the event's run (not started yet) becomes this reply's fallback
-        claimed.append(True)
-        defer_event_runs(comment_reply.name, comment_id, run_id)
-
     try:
-        key = answer_comment(AS_CALLS, comment_id, brand, brands_dir, resolve_store_url(store),
-                             config, run_id, generate, wait=False, on_claimed=claim)
+        return answer_comment(AS_CALLS, comment_id, brand, brands_dir, resolve_store_url(store),
+                              config, run_id, generate, wait=False, on_claimed=lambda: claimed.append(True))
     except Exception:
-        if claimed:  # the fallback answers now
-            release_event_runs(comment_reply.name, comment_id)
+        if claimed:  # the fallback answers now, not when the trigger gives up waiting
+            start_fallback_run(comment_id, brand)
         raise
-    if claimed:
-        close_event_runs(comment_reply.name, comment_id, run_id)
-    return key
+
+
+def start_fallback_run(comment_id: str, brand: str) -> None:
+    """A comment-reply run of the served deployment for this comment, due now (the fast path
+    failed). If none can be made (no deployment, API down), the event's trigger still makes
+    one once `FALLBACK_DELAY_S` passed without an answer."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    try:
+        run = run_deployment(f"{COMMENT_FLOW}/{COMMENT_DEPLOYMENT}", timeout=0, as_subflow=False,
+                             parameters={"comment_id": comment_id, "brand": brand})
+    except Exception as exc:  # the reply's own error is what the caller raises
+        logger.error("comment %s: no fallback run could start now (%s: %s); the event's trigger "
+                     "makes one if nothing answers it", comment_id, type(exc).__name__, exc)
+        return
+    logger.warning("comment %s: the fast path failed; flow run %r answers it", comment_id, run.name)
+
+
+def announce_answered(comment_id: str, brand: str, image_key: str, outcome: str, run_id: str) -> None:
+    """Emit `zpipe.comment.answered` (for automations, and so the event's proactive trigger
+    makes no fallback run). Events are best effort: a lost one costs a fallback run that finds
+    the comment answered."""
+    from prefect.events import emit_event
+
+    emit_event(event=ANSWERED_EVENT,
+               resource={"prefect.resource.id": COMMENT_RESOURCE_PREFIX + comment_id},
+               payload={"id": comment_id, "brand": brand, "outcome": outcome, "image_key": image_key,
+                        "run_id": run_id})
 
 
 def answer_comment(steps: ReplySteps, comment_id: str, brand: str, brands_dir: str, store: str,
@@ -187,6 +208,7 @@ def answer_comment(steps: ReplySteps, comment_id: str, brand: str, brands_dir: s
         logger.warning("comment %s: the reply was held by QA under %s: %s", comment_id,
                        held[0].held_key, reasons)
         steps.finish(store, comment_id, held[0].held_key, f"held by QA: {reasons}", held=True)
+        announce_answered(comment_id, brand, held[0].held_key, "held", run_id)
         announce_held(store, [held[0].held_key], f"comment {comment_id}")
         if brand_config.webhooks:
             steps.notify(store, brand_config.webhooks, "image.held", f"comment/{comment_id}",
@@ -194,6 +216,7 @@ def answer_comment(steps: ReplySteps, comment_id: str, brand: str, brands_dir: s
                           "held": [held[0].held_key], "reasons": held[0].reasons})
         return None
     steps.finish(store, comment_id, job.key)
+    announce_answered(comment_id, brand, job.key, "done", run_id)
     logger.info("comment %s answered with %s", comment_id, job.key)
     if brand_config.webhooks:
         steps.notify(store, brand_config.webhooks, "comment.replied", f"comment/{comment_id}",

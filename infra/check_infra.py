@@ -19,8 +19,11 @@ Exit code 1 with one line per problem.
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +141,8 @@ def check_prefect_yaml(path: Path, doc: dict[str, Any]) -> list[str]:
             except ValidationError as exc:
                 problems.append(f"{label}: trigger {i}: {exc}")
             event = trigger_events.get(deployment.flow_name)
-            if event not in (trigger.get("expect") or []):
-                problems.append(f"{label}: trigger {i} does not expect {event!r}")
+            if event not in [*(trigger.get("expect") or []), *(trigger.get("after") or [])]:
+                problems.append(f"{label}: trigger {i} neither expects {event!r} nor starts after it")
             trigger_params |= set(trigger.get("parameters") or {})
         if ":" in deployment.entrypoint:
             problems.append(f"{label}: entrypoint {deployment.entrypoint} is a file path; use the module "
@@ -164,8 +167,32 @@ def _comparable(name: str, flow_name: str, entrypoint: str, parameters: dict[str
     return {"deployment": f"{flow_name}/{name}", "entrypoint": _as_file_entrypoint(entrypoint),
             "parameters": {k: rel(v) for k, v in parameters.items() if k != "settings"},
             "schedules": sorted(schedules),
-            "triggers": [{"expect": sorted(t.get("expect") or []), "match": dict(t.get("match") or {}),
-                          "parameters": dict(t.get("parameters") or {})} for t in triggers]}
+            "triggers": [_comparable_trigger(t) for t in triggers]}
+
+
+def _comparable_trigger(trigger: dict[str, Any]) -> dict[str, Any]:
+    """What a trigger does, read through Prefect's model (`within: 60` and 60.0 s alike)."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    model = DeploymentEventTrigger.model_validate(trigger)
+    return {"posture": model.posture.value, "after": sorted(model.after), "expect": sorted(model.expect),
+            "for_each": sorted(model.for_each), "threshold": model.threshold,
+            "within_s": model.within.total_seconds(), "match": dict(trigger.get("match") or {}),
+            "parameters": dict(trigger.get("parameters") or {})}
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def compare_with_serve(path: Path, doc: dict[str, Any]) -> list[str]:
@@ -174,7 +201,10 @@ def compare_with_serve(path: Path, doc: dict[str, Any]) -> list[str]:
     from flows.deployments import build_deployments
 
     served = {}
-    for d in build_deployments(REPO / "configs" / "campaigns", REPO / "configs" / "brands"):
+    # as the k8s/compose topology runs them: GPU work on task workers, so the intake's fast path
+    with _environment(ZPIPE_GENERATION="workers", ZPIPE_INTAKE_FAST_PATH="true"):
+        built = build_deployments(REPO / "configs" / "campaigns", REPO / "configs" / "brands")
+    for d in built:
         triggers = [t.model_dump(mode="json") for t in d.triggers]
         schedules = [(s.schedule.cron, s.schedule.timezone) for s in d.schedules]
         served[f"{d.flow_name}/{d.name}"] = _comparable(d.name, d.flow_name, d.entrypoint or "",

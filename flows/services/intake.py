@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from math import ceil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
@@ -127,7 +127,8 @@ class IntakeSettings(BaseModel):
     queue_depth: Callable[[], int] | None = Field(
         default=None, exclude=True,
         description="how many comment replies wait or run. Default: the Prefect API's count of "
-                    "comment-reply runs not yet finished (with the default emitter); none: no cap")
+                    "comment replies (flow runs, fast-path task runs) not yet finished (with the "
+                    "default emitter); none: no cap")
     emit: Callable[..., Any] | None = Field(
         default=None, exclude=True,
         description="event emitter called as emit(event=, resource=, payload=); raises on failure. "
@@ -290,7 +291,10 @@ def _require_prefect_api() -> None:
 
 
 def prefect_queue_depth(client: Any = None) -> int:
-    """Comment-reply flow runs not finished yet (scheduled, pending, running, paused), per the API.
+    """Comment replies not finished yet, per the API: comment-reply flow runs (scheduled,
+    pending, running, paused) and the fast path's reply task runs on resident workers (queued
+    or running; a running one only if it started within `WORKER_TIMEOUT_S`, so that a worker
+    killed mid-reply does not hold a place for ever).
 
     `client`: an open SyncPrefectClient to ask with; None: a new one for this call.
     """
@@ -304,13 +308,22 @@ def prefect_queue_depth(client: Any = None) -> int:
     )
     from prefect.client.schemas.objects import StateType
 
+    from flows.comment import REPLY_TAG, WORKER_TIMEOUT_S
+
     if client is None:
         with get_client(sync_client=True) as client:
             return prefect_queue_depth(client)
     waiting = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
-    return client.count_flow_runs(
+    flows = client.count_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=[COMMENT_FLOW])),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting))))
+    since = (datetime.now(UTC) - timedelta(seconds=WORKER_TIMEOUT_S)).isoformat()
+    tasks = 0
+    for task_runs in ({"tags": {"all_": [REPLY_TAG]}, "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}},
+                      {"tags": {"all_": [REPLY_TAG]}, "state": {"type": {"any_": ["RUNNING"]}},
+                       "start_time": {"after_": since}}):
+        tasks += int(client.request("POST", "/task_runs/count", json={"task_runs": task_runs}).json())
+    return flows + tasks
 
 
 class PrefectQueueDepth:

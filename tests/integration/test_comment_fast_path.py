@@ -1,80 +1,100 @@
-"""The event's run behind a fast-path reply, on a real Prefect server: deferred while the
-reply runs (no second process competes for the CPU), Completed once it answered, started at
-once when it failed; runs a process already took, and other comments' runs, are left alone."""
+"""The comment event's trigger behind the fast path, on a real Prefect server: a comment whose
+`zpipe.comment.answered` event followed gets no comment-reply run; one that was never answered
+gets one (the fallback) once the trigger's window closed; a failed fast-path reply starts its
+fallback at once. Without the fast path every comment gets a run at once."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
+import uuid
 
 import pytest
 
-from tasks.steps.comments import (
-    FALLBACK_DELAY_S,
-    close_event_runs,
-    defer_event_runs,
-    release_event_runs,
-)
+from flows.deployments import comment_trigger
+from flows.names import ANSWERED_EVENT, COMMENT_DEPLOYMENT, COMMENT_EVENT, COMMENT_RESOURCE_PREFIX
 
 pytestmark = pytest.mark.slow
 
+WINDOW_S = 10  # the trigger's window here (60 s when served; Prefect's least); it looks every ~5 s
+
 
 @pytest.fixture()
-def event_runs(prefect_api):
-    """A comment-reply deployment and a factory of its triggered-looking runs (SCHEDULED now)."""
+def reply_deployment(prefect_api):
+    """comment-reply deployed as `zpipe serve` deploys it with the fast path on (no process
+    serves it: its runs stay scheduled), and a reader of its runs by comment."""
     from prefect.client.orchestration import get_client
 
     from flows.comment import comment_reply
 
-    created = []
+    deployment = comment_reply.to_deployment(name=COMMENT_DEPLOYMENT,
+                                             triggers=[comment_trigger(True, within_s=WINDOW_S)])
+    deployment_id = deployment.apply()
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow(comment_reply)
-        deployment_id = client.create_deployment(flow_id=flow_id, name="fast-path-test")
 
-        def run_for(comment_id: str):
-            run = client.create_flow_run_from_deployment(
-                deployment_id, parameters={"comment_id": comment_id, "brand": "demo"})
-            created.append(run.id)
-            return run.id
+        def runs_for(comment_id: str) -> list:
+            return [run for run in client.read_flow_runs(limit=200)
+                    if run.deployment_id == deployment_id and run.parameters.get("comment_id") == comment_id]
 
-        def state_of(run_id):
-            return client.read_flow_run(run_id).state
-
-        yield comment_reply.name, run_for, state_of, client
-        for run_id in created:
-            client.delete_flow_run(run_id)
+        yield runs_for
+        for run in client.read_flow_runs(limit=200):
+            if run.deployment_id == deployment_id:
+                client.delete_flow_run(run.id)
+        client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
         client.delete_deployment(deployment_id)
 
 
-def test_the_event_run_is_deferred_then_closed_when_the_fast_path_answers(event_runs):
-    name, run_for, state_of, _ = event_runs
-    mine, other = run_for("fp-1"), run_for("fp-2")
+def _emit(event: str, comment_id: str) -> None:
+    from prefect.events import emit_event
 
-    assert defer_event_runs(name, "fp-1", "task-run-x") == 1
-    deferred = state_of(mine)
-    assert deferred.is_scheduled() and "task-run-x" in deferred.message
-    assert deferred.state_details.scheduled_time > datetime.now(UTC) + timedelta(
-        seconds=FALLBACK_DELAY_S - 10)
-    assert state_of(other).state_details.scheduled_time < datetime.now(UTC) + timedelta(seconds=5)
-
-    assert close_event_runs(name, "fp-1", "task-run-x") == 1
-    closed = state_of(mine)
-    assert closed.is_completed() and "fast path" in closed.message
-    assert state_of(other).is_scheduled()  # another comment's run: untouched
+    assert emit_event(event=event, resource={"prefect.resource.id": COMMENT_RESOURCE_PREFIX + comment_id},
+                      payload={"id": comment_id, "brand": "demo"}) is not None
 
 
-def test_a_failed_fast_path_releases_its_event_run_and_a_started_run_is_left_alone(event_runs):
-    from prefect.states import Running
+def test_only_a_comment_left_unanswered_gets_the_fallback_run(reply_deployment):
+    runs_for = reply_deployment
+    answered, forgotten = f"fp-answered-{uuid.uuid4().hex[:6]}", f"fp-forgotten-{uuid.uuid4().hex[:6]}"
+    time.sleep(2)  # the automation reaches the server's trigger service
+    _emit(COMMENT_EVENT, answered)
+    _emit(COMMENT_EVENT, forgotten)
+    time.sleep(0.5)
+    _emit(ANSWERED_EVENT, answered)  # as the resident worker does once the answer is recorded
 
-    name, run_for, state_of, client = event_runs
-    mine = run_for("fp-3")
-    assert defer_event_runs(name, "fp-3", "task-run-y") == 1
-    assert release_event_runs(name, "fp-3") == 1
-    released = state_of(mine)
-    assert released.is_scheduled()
-    assert released.state_details.scheduled_time < datetime.now(UTC) + timedelta(seconds=5)
+    deadline = time.monotonic() + 60
+    while not runs_for(forgotten):
+        assert time.monotonic() < deadline, "the unanswered comment got no fallback run"
+        time.sleep(1)
+    [fallback] = runs_for(forgotten)
+    assert fallback.parameters == {"comment_id": forgotten, "brand": "demo"}  # from the received event
+    time.sleep(WINDOW_S)  # past the answered comment's window and the service's next look
+    assert runs_for(answered) == [], "a comment answered on the fast path got a run anyway"
 
-    # a run a process already took keeps its course (it finds the comment answered)
-    client.set_flow_run_state(mine, Running(), force=True)
-    assert defer_event_runs(name, "fp-3", "task-run-z") == 0
-    assert close_event_runs(name, "fp-3", "task-run-z") == 0
-    assert state_of(mine).is_running()
+
+def test_a_failed_fast_path_reply_starts_its_fallback_at_once(reply_deployment):
+    from prefect import flow
+
+    from flows.comment import start_fallback_run
+
+    runs_for = reply_deployment
+    comment_id = f"fp-failed-{uuid.uuid4().hex[:6]}"
+
+    @flow
+    def in_a_run() -> None:  # start_fallback_run logs to its run
+        start_fallback_run(comment_id, "demo")
+
+    started = time.monotonic()
+    in_a_run()
+    [run] = runs_for(comment_id)
+    assert time.monotonic() - started < WINDOW_S  # made now, not by the trigger's window
+    assert run.parameters == {"comment_id": comment_id, "brand": "demo"}
+    assert run.state.is_scheduled() and run.parent_task_run_id is None  # its own run, due now
+
+
+def test_without_the_fast_path_every_comment_gets_a_run_at_once():
+    trigger = comment_trigger(False)
+    assert trigger.posture.value == "Reactive" and trigger.expect == {COMMENT_EVENT}
+    assert trigger.parameters == {"comment_id": "{{ event.payload.id }}",
+                                  "brand": "{{ event.payload.brand }}"}
+    fallback = comment_trigger(True)
+    assert fallback.posture.value == "Proactive" and fallback.after == {COMMENT_EVENT}
+    assert fallback.expect == {ANSWERED_EVENT} and fallback.for_each == {"prefect.resource.id"}
+    assert fallback.within.total_seconds() == 60 and fallback.threshold == 1

@@ -82,12 +82,33 @@ def test_an_accepted_comment_is_answered_on_the_resident_worker(resident_worker,
             assert sidecar["timings"]["engine_pid"] == proc.pid  # made by the resident worker
         print(f"accepted -> stored: {', '.join(f'{s:.2f} s' for s in latencies)}")
     assert [e["payload"]["id"] for e in emitted.events] == ["fast-0", "fast-1"]  # the event still left
+    # the worker announced each answer, which keeps the event's trigger from making a fallback run
+    answers = _events_of("zpipe.comment.answered", {"fast-0", "fast-1"})
+    assert {a["payload"]["id"]: a["payload"]["image_key"] for a in answers} == {
+        c: ledger.get(c).image_key for c in ("fast-0", "fast-1")}
+    assert {a["payload"]["outcome"] for a in answers} == {"done"}
 
     # The run the event triggers (here in-process) finds it answered: no second image
     images = [k for k in LocalStore(out).list("demo/comments/") if not k.endswith(".json")]
     assert comment_reply(comment_id="fast-0", brand="demo", brands_dir=str(BRANDS),
                          settings=str(settings)) == ledger.get("fast-0").image_key
     assert [k for k in LocalStore(out).list("demo/comments/") if not k.endswith(".json")] == images
+
+
+def _events_of(name: str, comment_ids: set[str], timeout_s: float = 30) -> list[dict]:
+    """The server's `name` events for these comments, once it has stored one for each."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.request("POST", "/events/filter", json={"filter": {
+                "event": {"name": [name]}, "occurred": {"since": "2026-01-01T00:00:00Z"},
+                "resource": {"id": [f"zpipe.comment.{c}" for c in sorted(comment_ids)]}},
+                "limit": 50}).json()
+            if {e["payload"]["id"] for e in page["events"]} >= comment_ids or time.monotonic() > deadline:
+                return page["events"]
+            time.sleep(1)
 
 
 def test_a_run_waits_for_the_answering_run_and_takes_over_one_that_is_gone(prefect_api, tmp_path):

@@ -635,6 +635,38 @@ def test_ready_asks_the_real_prefect_server_for_the_queue(prefect_api, tmp_path)
             client.delete_flow_run(waiting.id)
 
 
+def test_the_queue_counts_fast_path_replies_on_workers(prefect_api, monkeypatch):
+    """A reply handed to a resident worker is queued work too until it finishes; one that has
+    been running longer than a reply may (its worker died) no longer holds a place."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Running, Scheduled
+
+    import flows.comment
+    from flows.comment import reply_on_worker
+    from flows.services.intake import prefect_queue_depth
+
+    before = prefect_queue_depth()
+    made = []
+    with get_client(sync_client=True) as client:
+        def reply_run(state):
+            run = client.create_task_run(reply_on_worker, flow_run_id=None, dynamic_key=uuid.uuid4().hex,
+                                         state=state)
+            made.append(run.id)
+            return run
+        try:
+            queued = reply_run(Scheduled())
+            reply_run(Running())
+            assert prefect_queue_depth() == before + 2
+            client.set_task_run_state(queued.id, Cancelled(), force=True)
+            assert prefect_queue_depth() == before + 1
+            monkeypatch.setattr(flows.comment, "WORKER_TIMEOUT_S", 1)  # a reply's longest, here
+            time.sleep(1.5)
+            assert prefect_queue_depth() == before  # running past it: its worker is gone
+        finally:
+            for run_id in made:
+                client.delete_task_run(run_id)
+
+
 def test_max_queue_comes_from_the_environment(tmp_path, monkeypatch):
     folder = _brand_dir(tmp_path)
     monkeypatch.delenv("ZPIPE_INTAKE_SECRET_FILE", raising=False)
