@@ -228,7 +228,10 @@ def test_deployments_are_registered_with_schedules_and_trigger(stack):
     assert hourly["cron"] == "0 * * * *"
     automations = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
     triggers = [a["trigger"] for a in automations]
-    assert any("zpipe.comment.received" in t.get("expect", []) for t in triggers), triggers
+    # the stack runs the fast path: a comment not answered within 60 s gets the fallback run
+    [comment] = [t for t in triggers if "zpipe.comment.received" in t.get("after", [])]
+    assert comment["posture"] == "Proactive" and comment["expect"] == ["zpipe.comment.answered"], comment
+    assert comment["within"] == 60 and comment["for_each"] == ["prefect.resource.id"], comment
 
 
 def test_signed_comment_becomes_a_labelled_image_in_s3(stack):
