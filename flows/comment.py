@@ -17,11 +17,13 @@ within `FALLBACK_DELAY_S`. A worker whose reply fails starts that run itself, at
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run, task_run
 
 from flows.campaign import resolve_store_url
@@ -129,11 +131,15 @@ def reply_on_worker(comment_id: str, brand: str, brands_dir: str, store: str,
 
 def start_fallback_run(comment_id: str, brand: str) -> None:
     """A comment-reply run of the served deployment for this comment, due now (the fast path
-    failed). If none can be made (no deployment, API down), the event's trigger still makes
-    one once `FALLBACK_DELAY_S` passed without an answer."""
+    failed, or the intake could not hand the comment over). If none can be made (no
+    deployment, API down), the event's trigger still makes one once `FALLBACK_DELAY_S` passed
+    without an answer."""
     from prefect.deployments import run_deployment
 
-    logger = get_run_logger()
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:  # the intake, when a hand-off failed
+        logger = logging.getLogger("zpipe.intake")
     try:
         run = run_deployment(f"{COMMENT_FLOW}/{COMMENT_DEPLOYMENT}", timeout=0, as_subflow=False,
                              parameters={"comment_id": comment_id, "brand": brand})
@@ -141,7 +147,7 @@ def start_fallback_run(comment_id: str, brand: str) -> None:
         logger.error("comment %s: no fallback run could start now (%s: %s); the event's trigger "
                      "makes one if nothing answers it", comment_id, type(exc).__name__, exc)
         return
-    logger.warning("comment %s: the fast path failed; flow run %r answers it", comment_id, run.name)
+    logger.warning("comment %s: not answered on the fast path; flow run %r answers it", comment_id, run.name)
 
 
 def announce_answered(comment_id: str, brand: str, image_key: str, outcome: str, run_id: str) -> None:

@@ -637,9 +637,12 @@ class Intake:
         started = time.perf_counter()
         try:
             self.handoff(comment_id, brand)  # type: ignore[misc]
-        except Exception:  # the event still brings the reply, a few seconds later
-            logger.exception("comment %s: not handed to a worker; its event will answer it", comment_id)
-        else:  # 0.02-0.1 s; ~2 s where Prefect's SQLite server held it locked (see handoff.py)
+        except Exception:  # a flow run answers it now (or the event's trigger, after a minute)
+            logger.exception("comment %s: not handed to a worker", comment_id)
+            from flows.comment import start_fallback_run
+
+            start_fallback_run(comment_id, brand)
+        else:  # 0.02-0.1 s (see tasks/orchestration/handoff.py)
             logger.info("comment %s: handed to a worker in %.2f s", comment_id, time.perf_counter() - started)
 
     def warm_store(self) -> None:
@@ -1004,9 +1007,10 @@ def serve(
     app = create_app(intake_settings)
     handler = logging.StreamHandler()  # beside uvicorn's own lines: one line per comment decision
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(log_level.upper())
-    logger.propagate = False
+    for ours in (logger, logging.getLogger("zpipe.handoff")):  # decisions, and the hand-off's retries
+        ours.addHandler(handler)
+        ours.setLevel(log_level.upper())
+        ours.propagate = False
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False,
                 timeout_keep_alive=KEEP_ALIVE_S)
 

@@ -98,3 +98,32 @@ def test_without_the_fast_path_every_comment_gets_a_run_at_once():
     assert fallback.posture.value == "Proactive" and fallback.after == {COMMENT_EVENT}
     assert fallback.expect == {ANSWERED_EVENT} and fallback.for_each == {"prefect.resource.id"}
     assert fallback.within.total_seconds() == 60 and fallback.threshold == 1
+
+
+def test_a_comment_the_intake_could_not_hand_over_gets_its_run_at_once(reply_deployment, tmp_path):
+    from flows.services.intake import IntakeSettings, create_app, load_brands, post_comment
+    from tests.conftest import REPO
+    from tests.integration.test_intake import serving
+
+    runs_for = reply_deployment
+    secret = "fast-path-fallback-secret-5d1a"
+
+    def no_worker(comment_id: str, brand: str) -> None:
+        raise RuntimeError("the Prefect API refused the hand-off")
+
+    emitted = []
+    intake = IntakeSettings(secret=secret, store_url=str(tmp_path / "store"),
+                            brands=load_brands(REPO / "configs/brands"),
+                            emit=lambda **event: emitted.append(event), handoff=no_worker)
+    comment_id = f"fp-unhanded-{uuid.uuid4().hex[:6]}"
+    with serving(create_app(intake)) as url:
+        answer = post_comment(url, secret, {"id": comment_id, "author": "lin", "text": "想要一杯桂花拿铁",
+                                            "post_id": "p-1", "brand": "demo"})
+        assert answer.status_code == 202, answer.text
+        deadline = time.monotonic() + WINDOW_S  # sooner than the trigger's window (no event reached it)
+        while not (runs := runs_for(comment_id)):
+            assert time.monotonic() < deadline, "no run was started for the comment"
+            time.sleep(0.2)
+    [run] = runs
+    assert run.parameters == {"comment_id": comment_id, "brand": "demo"}
+    assert [e["payload"]["id"] for e in emitted] == [comment_id]
