@@ -71,7 +71,8 @@ class Environment(BaseSettings):
         default=5, ge=1, description="comments it accepts a minute from one author for one brand")
     intake_fast_path: bool = Field(
         default=True, description="with `generation: workers`, also hand each accepted comment "
-                                  "straight to a resident worker (seconds sooner than the event's run)")
+                                  "straight to a resident worker (the event's flow run only if it is not "
+                                  "answered within 60 s)")
     intake_max_queue: int = Field(
         default=200, ge=1, description="comment replies waiting or running before the intake "
                                        "answers 503 + Retry-After (back-pressure)")
