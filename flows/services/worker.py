@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prefect import Task
+from prefect.logging import get_logger
 from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.task_worker import serve
 
 from flows.comment import reply_on_worker
 from tasks.comments.reply import warm_up_replies
 from tasks.config.schema import Settings
+from tasks.core.errors import ZpipeError
 from tasks.generation.engine import get_engine
 from tasks.orchestration.handover import generate_on_worker, load_worker_policy, make_on_worker
+from tasks.publish.batch import SpoolRecovery, recover_spool
+from tasks.store.objects import store_at
+from tasks.store.spool import Spool
 
 WORK_AT_ONCE = 2  # pieces of work a worker holds: one on the GPU, one getting ready
+
+logger = get_logger("zpipe.worker")  # beside Prefect's own lines in the worker's log
 
 
 def run_worker(settings: Settings, preload: bool = True) -> None:
@@ -34,9 +42,68 @@ def run_worker(settings: Settings, preload: bool = True) -> None:
     # Fast-path replies log from a task run with no flow run: Prefect keeps those lines local
     # (the task run is their record) and would warn once per line
     served = (make_on_worker, generate_on_worker, reply_on_worker)
-    with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
-        start_prefect_services(served)
-        serve(*served, limit=WORK_AT_ONCE)
+    drain = SpoolDrain(load_worker_policy().spool_drain_s)
+    drain.start()
+    try:
+        with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+            start_prefect_services(served)
+            serve(*served, limit=WORK_AT_ONCE)
+    finally:
+        drain.stop()
+
+
+class SpoolDrain:
+    """Uploads, every `every_s` (and at start), what this machine's spools hold: images a
+    worker published while S3 refused them past the upload retries. A campaign uploads its
+    spool's leftovers at its start (`recover-spool`), but on the machine its flow runs on; a
+    GPU worker on a machine of its own would keep them until a flow happened to run there.
+    A store still down is tried again next time; the images are never made twice (a rerun
+    of the week finds them in the store once uploaded, and a worker publishing one again
+    skips what the store holds)."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="spool-drain", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def drain(self) -> dict[str, SpoolRecovery | str]:
+        """One pass over every spool: its recovery, or why it failed (store URL -> outcome)."""
+        outcomes: dict[str, SpoolRecovery | str] = {}
+        for spool in Spool.all_under():
+            if not spool.committed():
+                continue
+            try:
+                outcome: SpoolRecovery | str = recover_spool(store_at(spool.store_url), spool)
+            except ZpipeError as exc:  # S3 still down, a bad URL, a full disk: next time
+                outcome = f"{type(exc).__name__}: {exc}"
+                logger.warning("spool %s: not uploaded yet (%s); trying again in %g s", spool.dir,
+                               outcome, self.every_s)
+            else:
+                for line in outcome.discarded:
+                    logger.warning(line)
+                if outcome.uploaded or outcome.already_stored:
+                    logger.info("spool %s: %d images uploaded to %s (%d were already there)", spool.dir,
+                                len(outcome.uploaded), spool.store_url, len(outcome.already_stored))
+            outcomes[spool.store_url] = outcome
+        return outcomes
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.drain()
+            except Exception:  # a pass that failed must not end the worker's drain for good
+                logger.exception("spool drain failed; trying again in %g s", self.every_s)
+            if self._stop.wait(self.every_s):
+                return
 
 
 def start_prefect_services(served: tuple[Task[..., Any], ...]) -> None:

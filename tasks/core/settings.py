@@ -97,6 +97,9 @@ class Environment(BaseSettings):
     worker_max_handovers: int = Field(default=3, ge=0, description="hand-overs of one batch, then fail")
     worker_server_wait_s: float = Field(
         default=600.0, gt=0, description="wait this long for an unreachable Prefect API")
+    worker_spool_drain_s: float = Field(
+        default=60.0, gt=0, description="how often a worker uploads what its local spool holds "
+                                        "(images S3 could not take when they were made)")
 
 
 def env_name(field: str) -> str:

@@ -109,6 +109,7 @@ class WorkerPolicy(BaseModel):
     poll_s: float = _worker_field("poll_s")
     max_handovers: int = _worker_field("max_handovers")
     server_wait_s: float = _worker_field("server_wait_s")
+    spool_drain_s: float = _worker_field("spool_drain_s")
 
     @model_validator(mode="after")
     def _stale_spans_beats(self) -> WorkerPolicy:

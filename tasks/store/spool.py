@@ -7,7 +7,9 @@ once the store holds the sidecar. Whatever is left (S3 down past the upload retr
 process) is uploaded first by the next run of the same store, so it is never generated again.
 
 Layout: `<root>/<store-id>/<key>` and `<key>.json`, one directory per store URL, so two
-stores never mix; `<store-id>` is the URL made filename-safe plus a hash of it.
+stores never mix; `<store-id>` is the URL made filename-safe plus a hash of it, and
+`<root>/<store-id>.url` holds the URL itself, so that a process that did not write a spool (a
+GPU worker draining its machine's spools, `Spool.all_under`) knows where it goes.
 Root: `$ZPIPE_SPOOL`, else `$ZPIPE_HOME/spool`, else `<cache>/spool` (`$ZPIPE_CACHE`, else
 `~/.cache/zpipe`).
 """
@@ -34,6 +36,7 @@ from zengine.tiny import default_cache_root
 SPOOL_ENV = env_name("spool")
 RESERVE_BYTES = 16 * 1024 * 1024  # left free: logs and the Prefect database often share the disk
 STALE_AFTER_S = 3600  # an uncommitted file this old belongs to a dead writer, not a live one
+URL_SUFFIX = ".url"  # `<root>/<store-id>.url`: the store URL of the spool beside it
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -89,6 +92,21 @@ class Spool:
         """The spool of `store_url` under the default root."""
         return cls(default_spool_root(), store_url)
 
+    @classmethod
+    def all_under(cls, root: Path | None = None) -> list[Spool]:
+        """Every spool under `root` (default: the default root) that records its store URL."""
+        root = Path(root or default_spool_root()).expanduser().absolute()
+        spools = []
+        for marker in sorted(root.glob(f"*{URL_SUFFIX}")) if root.is_dir() else []:
+            try:
+                url = marker.read_text(encoding="utf-8").strip()
+            except OSError:
+                continue
+            spool = cls(root, url)
+            if url and spool.dir.name + URL_SUFFIX == marker.name:  # not a stray or renamed file
+                spools.append(spool)
+        return spools
+
     # -- writing --------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, sidecar: bytes) -> None:
@@ -103,6 +121,7 @@ class Spool:
             return
         needed = len(data) + len(sidecar)
         self.check_room(needed, key)
+        self._record_url()
         self._unlink(key + SIDECAR_SUFFIX)  # an older version of the entry is uncommitted first
         try:
             self._write(key, data, needed)
@@ -234,6 +253,17 @@ class Spool:
             return self._files.get(key + SIDECAR_SUFFIX)
         except StoreError:
             return None
+
+    def _record_url(self) -> None:
+        """`<root>/<store-id>.url`, once: the store this spool's entries go to."""
+        marker = self.dir.parent / (self.dir.name + URL_SUFFIX)
+        if marker.is_file():
+            return
+        try:
+            LocalStore(self.dir.parent).put(marker.name, self.store_url.encode("utf-8"), overwrite=True)
+        except StoreError as exc:
+            raise SpoolError(f"cannot write {marker}: {exc.__cause__ or exc}; check that the spool "
+                             f"directory is writable (set {SPOOL_ENV} to move it)") from exc
 
     def _unlink(self, name: str) -> None:
         (self.dir / name).unlink(missing_ok=True)

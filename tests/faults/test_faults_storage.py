@@ -454,3 +454,44 @@ def test_campaign_with_a_full_spool_disk_fails_clearly_then_finishes(prefect_api
     assert len(summary.created) == planned and rerun.count("generated") == planned
     check_campaign_objects(store, planned)
     assert _spool_files(small_disk / "spool") == []
+
+
+def test_every_spool_records_its_store_so_another_process_can_drain_it(tmp_path):
+    a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    Spool(tmp_path / "spool", a.describe()).put("k/a.jpg", b"aa", _entry("k/a.jpg", b"aa"))
+    Spool(tmp_path / "spool", b.describe()).put("k/b.jpg", b"bbb", _entry("k/b.jpg", b"bbb"))
+    (tmp_path / "spool" / "stray.url").write_text("s3://elsewhere/x")  # no spool of that name
+    found = Spool.all_under(tmp_path / "spool")
+    assert sorted(s.store_url for s in found) == sorted([a.describe(), b.describe()])
+    assert {s.store_url: s.committed() for s in found} == {a.describe(): ["k/a.jpg"],
+                                                          b.describe(): ["k/b.jpg"]}
+    [spool] = [s for s in found if s.store_url == a.describe()]
+    long_ago = time.time() + STALE_AFTER_S + 60
+    assert spool.sweep(now=long_ago) == []  # the record is beside the entries, never swept
+    assert Spool.all_under(tmp_path / "nowhere") == []
+
+
+def test_a_worker_uploads_its_spool_once_s3_is_back(killable_s3, tmp_path, monkeypatch):
+    """A GPU worker on a machine of its own: what S3 refused stays in that machine's spool
+    until the worker's drain finds the store back (no campaign flow runs there)."""
+    from flows.services.worker import SpoolDrain
+
+    monkeypatch.setenv("ZPIPE_SPOOL", str(tmp_path / "spool"))
+    bucket = f"drain-{uuid.uuid4().hex[:8]}"
+    killable_s3.client().create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/w"
+    key, data = "demo/2026-W48/mon-1x1-v1.jpg", b"\xff\xd8 a finished image"
+    Spool.for_store(url).put(key, data, _entry(key, data))  # S3 refused it past the retries
+    drain = SpoolDrain(every_s=60)
+
+    killable_s3.kill()
+    outcome = drain.drain()[url]
+    assert isinstance(outcome, str) and outcome  # why, logged; tried again next time
+    assert Spool.for_store(url).committed() == [key]  # kept
+
+    killable_s3.start()
+    outcome = drain.drain()[url]
+    assert outcome.uploaded == [key]
+    assert S3Store(bucket, prefix="w").get(key) == data
+    assert Spool.for_store(url).committed() == []
+    assert drain.drain() == {}  # nothing left to do
