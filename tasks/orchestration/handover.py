@@ -4,9 +4,10 @@ Three ways to run generation, same code:
 - `generate_batch` (tasks.steps.generation): in the flow's own process (a plain `zpipe run`,
   no server needed), published there too;
 - `make_on_worker`: handed to a resident task worker (`zpipe worker`, one per GPU) with
-  `.delay()`; the worker generates the batch, then publishes it (label, QA gate, spool,
-  upload, read back) while its next batch generates, and returns a small `MadeOnWorker`
-  record through result storage. Campaigns with `generation: workers` use it;
+  `WorkerTask.hand_over` (a deferred task run as `.delay()` makes one, through one API client
+  for the campaign, `tasks.orchestration.handoff`); the worker generates the batch, then
+  publishes it (label, QA gate, spool, upload, read back) while its next batch generates, and
+  returns a small `MadeOnWorker` record through result storage. Campaigns with `generation: workers` use it;
 - `generate_on_worker`: the same hand-over returning the images themselves (no publishing).
 The worker keeps the engine loaded across flow runs and runs one batch at a time on its GPU.
 
