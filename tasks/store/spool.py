@@ -121,7 +121,6 @@ class Spool:
             return
         needed = len(data) + len(sidecar)
         self.check_room(needed, key)
-        self._record_url()
         self._unlink(key + SIDECAR_SUFFIX)  # an older version of the entry is uncommitted first
         try:
             self._write(key, data, needed)
@@ -130,6 +129,7 @@ class Spool:
             self._unlink(key)  # never an image without its commit marker
             raise
         _fsync_dir((self.dir / key).parent)  # make both renames durable too
+        self._record_url()
 
     def check_room(self, needed: int, key: str | None = None) -> None:
         """SpoolError unless `needed` bytes fit with `reserve_bytes` still free afterwards."""
@@ -254,16 +254,18 @@ class Spool:
         except StoreError:
             return None
 
-    def _record_url(self) -> None:
-        """`<root>/<store-id>.url`, once: the store this spool's entries go to."""
+    def _record_url(self) -> bool:
+        """`<root>/<store-id>.url`, once: the store this spool's entries go to. Best effort,
+        after an entry is committed: the entry is safe without it (a campaign of the same store
+        still uploads it); only a worker's drain would not find it until a later put writes it."""
         marker = self.dir.parent / (self.dir.name + URL_SUFFIX)
         if marker.is_file():
-            return
+            return True
         try:
             LocalStore(self.dir.parent).put(marker.name, self.store_url.encode("utf-8"), overwrite=True)
-        except StoreError as exc:
-            raise SpoolError(f"cannot write {marker}: {exc.__cause__ or exc}; check that the spool "
-                             f"directory is writable (set {SPOOL_ENV} to move it)") from exc
+        except StoreError:  # a full disk: the entry is committed, the next put tries again
+            return False
+        return True
 
     def _unlink(self, name: str) -> None:
         (self.dir / name).unlink(missing_ok=True)

@@ -34,7 +34,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.progress import ProgressEvent, progress_sink
 from tasks.publish.batch import recover_spool, retry_delays, upload_patience_s
 from tasks.store.objects import LocalStore, S3Store
-from tasks.store.spool import RESERVE_BYTES, STALE_AFTER_S, Spool, SpoolError
+from tasks.store.spool import RESERVE_BYTES, STALE_AFTER_S, URL_SUFFIX, Spool, SpoolError
 from tests.conftest import REPO, S3Server, _free_port, _weed_binary
 from tests.helpers import check_campaign_objects
 
@@ -193,7 +193,10 @@ def _wait_until(condition: Callable[[], bool], what: str, run: CampaignRun, time
 
 
 def _spool_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Entry files (images, sidecars, temp files) under `root`; not the spools' `<store-id>.url`
+    records of their store."""
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not (p.suffix == URL_SUFFIX and p.parent == root)) if root.exists() else []
 
 
 def _upload_retries(since: datetime) -> list[str]:
