@@ -561,7 +561,7 @@ def test_hostile_campaign_writes_only_under_its_prefix(tree: Path, tmp_path: Pat
     from tasks.content.plan import brand_fingerprint, plan_week
     from tasks.generation.engine import generate_images
     from tasks.publish.batch import publish_batch
-    from tasks.store.spool import Spool
+    from tasks.store.spool import URL_SUFFIX, Spool
 
     # 1. Hostile but valid data: template text in the brand name, themes, rule additions and trend
     (tree / "trends/hostile.xml").write_text(HOSTILE_FEED, encoding="utf-8")
@@ -591,6 +591,9 @@ def test_hostile_campaign_writes_only_under_its_prefix(tree: Path, tmp_path: Pat
 
     # 3. Every file is under demo/hostile-week/2026-W48/; nothing else was written anywhere
     written = [p for p in _walk(tmp_path) if not p.startswith("configs/")]
+    record = f"spool/{spool.dir.name}{URL_SUFFIX}"  # the spool's note of its store (for a worker's drain)
+    assert record in written and (tmp_path / record).read_text(encoding="utf-8") == store.describe()
+    written.remove(record)
     assert len(written) == 2 and all(p.startswith("out/demo/hostile-week/2026-W48/mon/") for p in written)
     assert not Path("/tmp/zpipe-pwned").exists()
     sidecar = json.loads(store.get(jobs[0].sidecar_key))
