@@ -19,13 +19,12 @@ Exit code 1 with one line per problem.
 from __future__ import annotations
 
 import ast
-import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -181,20 +180,6 @@ def _comparable_trigger(trigger: dict[str, Any]) -> dict[str, Any]:
             "parameters": dict(trigger.get("parameters") or {})}
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def compare_with_serve(path: Path, doc: dict[str, Any]) -> list[str]:
     """prefect.yaml declares what flows/deployments.py builds for configs/ (the one place)."""
     sys.path.insert(0, str(REPO))
@@ -202,7 +187,7 @@ def compare_with_serve(path: Path, doc: dict[str, Any]) -> list[str]:
 
     served = {}
     # as the k8s/compose topology runs them: GPU work on task workers, so the intake's fast path
-    with _environment(ZPIPE_GENERATION="workers", ZPIPE_INTAKE_FAST_PATH="true"):
+    with mock.patch.dict(os.environ, ZPIPE_GENERATION="workers", ZPIPE_INTAKE_FAST_PATH="true"):
         built = build_deployments(REPO / "configs" / "campaigns", REPO / "configs" / "brands")
     for d in built:
         triggers = [t.model_dump(mode="json") for t in d.triggers]
