@@ -318,12 +318,11 @@ def prefect_queue_depth(client: Any = None) -> int:
         flow_filter=FlowFilter(name=FlowFilterName(any_=[COMMENT_FLOW])),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=waiting))))
     since = (datetime.now(UTC) - timedelta(seconds=WORKER_TIMEOUT_S)).isoformat()
-    tasks = 0
-    for task_runs in ({"tags": {"all_": [REPLY_TAG]}, "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}},
-                      {"tags": {"all_": [REPLY_TAG]}, "state": {"type": {"any_": ["RUNNING"]}},
-                       "start_time": {"after_": since}}):
-        tasks += int(client.request("POST", "/task_runs/count", json={"task_runs": task_runs}).json())
-    return flows + tasks
+    replies = {"tags": {"all_": [REPLY_TAG]}}
+    queued = {**replies, "state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}}
+    running = {**replies, "state": {"type": {"any_": ["RUNNING"]}}, "start_time": {"after_": since}}
+    return flows + sum(int(client.request("POST", "/task_runs/count", json={"task_runs": runs}).json())
+                       for runs in (queued, running))
 
 
 class PrefectQueueDepth:

@@ -31,7 +31,7 @@ def run_worker(settings: Settings, preload: bool = True) -> None:
 
     One worker per GPU: nothing outside this process guards its GPU (`THIS_GPU` inside it).
     """
-    load_worker_policy()  # a bad ZPIPE_WORKER_* value stops the worker here, not mid-batch
+    policy = load_worker_policy()  # a bad ZPIPE_WORKER_* value stops the worker here, not mid-batch
     if preload:  # pay the weight load (and the replies' dictionaries) at start-up, not on a comment
         get_engine(settings.engine).load()
         warm_up_replies(settings.qa)
@@ -42,7 +42,7 @@ def run_worker(settings: Settings, preload: bool = True) -> None:
     # Fast-path replies log from a task run with no flow run: Prefect keeps those lines local
     # (the task run is their record) and would warn once per line
     served = (make_on_worker, generate_on_worker, reply_on_worker)
-    drain = SpoolDrain(load_worker_policy().spool_drain_s)
+    drain = SpoolDrain(policy.spool_drain_s)
     drain.start()
     try:
         with temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):

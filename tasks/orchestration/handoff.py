@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import logging
 import threading
-from types import TracebackType
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -37,8 +36,8 @@ class TaskRunHandoff:
     """`create(parameters)` makes one deferred run of `task` for a task worker; returns its id.
 
     Thread-safe: calls run on one event loop in a daemon thread of its own, started at the
-    first call in that caller's context (Prefect's API URL may be set there). `close()` (or
-    leaving a `with` block) closes the client and stops the thread.
+    first call in that caller's context (Prefect's API URL may be set there). `close()` closes
+    the client and stops the thread.
     """
 
     def __init__(self, task: Any) -> None:
@@ -67,13 +66,6 @@ class TaskRunHandoff:
         if loop is not None:
             asyncio.run_coroutine_threadsafe(self._close(), loop).result(HANDOFF_TIMEOUT_S)
             loop.call_soon_threadsafe(loop.stop)
-
-    def __enter__(self) -> TaskRunHandoff:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:

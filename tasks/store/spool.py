@@ -254,18 +254,15 @@ class Spool:
         except StoreError:
             return None
 
-    def _record_url(self) -> bool:
+    def _record_url(self) -> None:
         """`<root>/<store-id>.url`, once: the store this spool's entries go to. Best effort,
         after an entry is committed: the entry is safe without it (a campaign of the same store
         still uploads it); only a worker's drain would not find it until a later put writes it."""
         marker = self.dir.parent / (self.dir.name + URL_SUFFIX)
         if marker.is_file():
-            return True
-        try:
+            return
+        with contextlib.suppress(StoreError):  # a full disk: the entry is committed, the next put tries again
             LocalStore(self.dir.parent).put(marker.name, self.store_url.encode("utf-8"), overwrite=True)
-        except StoreError:  # a full disk: the entry is committed, the next put tries again
-            return False
-        return True
 
     def _unlink(self, name: str) -> None:
         (self.dir / name).unlink(missing_ok=True)
